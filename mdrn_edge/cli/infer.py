@@ -1,0 +1,8 @@
+"""placeholder until its issue lands"""
+import click
+
+
+@click.command("infer")
+def command() -> None:
+    """Not implemented yet."""
+    raise click.ClickException("not implemented yet")

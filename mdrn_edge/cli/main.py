@@ -1,0 +1,107 @@
+"""``mdrn``: the command group (summary, eval, sample, and every tool also installed as ``mdrn-*``)."""
+
+from __future__ import annotations
+
+import click
+
+import mdrn_edge
+from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.errors import InputError, require
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(mdrn_edge.__version__, prog_name="mdrn-edge")
+def main() -> None:
+    """mdrn-edge: MDRN super-resolution for MRI, from training to a small GPU at the scanner."""
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--arch", type=click.Choice(["mdrn", "edsr", "rfdn", "bicubic"]), default="mdrn", help="Architecture.")
+@click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", help="Upscaling factor.")
+@click.option("--size", type=int, default=256, help="LR input height and width for the FLOP count.")
+@json_option
+@user_errors
+def summary(arch: str, scale: str, size: int, as_json: bool) -> None:
+    """Parameters and FLOPs (2 per multiply-add, torch.utils.flop_counter) at a 1x1xSIZExSIZE LR input."""
+    require("torch", "train")
+    from mdrn_edge.models import build_model, model_config
+    from mdrn_edge.models.stats import count_flops, count_params
+
+    model = build_model(arch, int(scale))
+    info = {"arch": arch, "scale": int(scale), "params": count_params(model), "flops": count_flops(model, size),
+            "input": [1, 1, size, size], "config": model_config(model)}
+    if as_json:
+        emit_json(info)
+    else:
+        click.echo(f"{arch} x{scale}: {info['params']:,} parameters, {info['flops'] / 1e9:.2f} GFLOPs at {size}x{size}")
+
+
+@main.command("eval", context_settings={"show_default": True})
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), required=True, help="Upscaling factor.")
+@click.option("--model", "model_name", help="'bicubic', a checkpoint (.pt) or a shipped name (mdrn-x4)  [default: the shipped mdrn-xS].")
+@click.option("--protocol", type=click.Choice(["antialiased", "paper"]), default="antialiased",
+              help="antialiased: model's normaliser + MATLAB imresize; paper: per-slice min-max + torch bicubic (for the paper's numbers).")
+@click.option("--per-slice", is_flag=True, help="Include per-slice PSNRs in the output.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@json_option
+@user_errors
+def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, as_json) -> None:
+    """Per-slice PSNR/SSIM of a model and of bicubic on INPUTS (HR DICOM or NIfTI, degraded by bicubic)."""
+    from mdrn_edge.data import read_volume
+    from mdrn_edge.data.normalize import Normalizer
+    from mdrn_edge.evaluate import evaluate, prepare_pairs
+    from mdrn_edge.weights import default_model_name
+
+    s = int(scale)
+    name = model_name or default_model_name(s)
+    predict, normalizer = None, Normalizer()
+    if name != "bicubic":
+        require("torch", "train")
+        from mdrn_edge.models.checkpoint import load_model, torch_predictor
+
+        model, ckpt = load_model(name)
+        if ckpt["scale"] != s:
+            raise InputError(f"{name}: is a x{ckpt['scale']} model but --scale is {s}; give a x{s} model")
+        predict, normalizer = torch_predictor(model), Normalizer.from_dict(ckpt["normalizer"])
+    volume = read_volume(inputs)
+    pairs = prepare_pairs(volume, s, protocol, normalizer)
+    with progress_bar(len(pairs.lr), "eval", progress and not as_json) as bar:
+        result = evaluate(predict, pairs, s, progress=lambda: bar.update(1))
+    norm = "per-slice min-max" if protocol == "paper" else normalizer.mode
+    result = {"model": name, "scale": s, "protocol": protocol, "normalizer": norm, **result}
+    if not per_slice:
+        result = {k: v for k, v in result.items() if not k.startswith("per_slice")}
+    if as_json:
+        emit_json(result)
+        return
+    p = f"{result['p_value']:.2g}" if result["p_value"] is not None else "n/a"
+    click.echo(f"{name} x{s} on {result['n_slices']} slices ({protocol} protocol, {s}-pixel border shaved):")
+    click.echo(f"  model   PSNR {result['psnr']:.3f} dB  SSIM {result['ssim']:.4f}")
+    click.echo(f"  bicubic PSNR {result['bicubic_psnr']:.3f} dB  SSIM {result['bicubic_ssim']:.4f}")
+    click.echo(f"  gain {result['gain_db']:+.3f} dB (Wilcoxon p = {p})")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@user_errors
+def sample(folder: str) -> None:
+    """Write the bundled real MRI sample (pydicom's MR_small.dcm, MIT) into FOLDER."""
+    from mdrn_edge.samples import write_sample
+
+    for path in write_sample(folder):
+        click.echo(str(path))
+
+
+def _add_tools() -> None:
+    """The stand-alone tools are sub-commands too: ``mdrn train`` == ``mdrn-train``."""
+    from mdrn_edge.cli import bench, export, infer, train
+
+    for module in (train, export, infer, bench):
+        main.add_command(module.command)
+
+
+_add_tools()
+
+if __name__ == "__main__":
+    main()

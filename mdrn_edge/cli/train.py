@@ -1,0 +1,110 @@
+"""``mdrn-train``: train MDRN (or EDSR/RFDN) on DICOM/NIfTI MRI, resumable, single process or DDP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.errors import InputError, require
+
+
+def _load_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the JSON config ({exc}); give a JSON object of TrainConfig fields") from None
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.option("--data", multiple=True, help="Training DICOM folder/files or a NIfTI file (repeatable). Not needed with --resume.")
+@click.option("--val", multiple=True, help="Dev DICOM folder/files or NIfTI file for validation (repeatable).")
+@click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), help="Upscaling factor  [default: 4].")
+@click.option("--arch", type=click.Choice(["mdrn", "edsr", "rfdn"]), help="Architecture  [default: mdrn].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON file of TrainConfig fields (options override it).")
+@click.option("--iterations", type=int, help="Total iterations of the schedule  [default: 20000].")
+@click.option("--batch-size", type=int, help="Global batch size, split over DDP processes  [default: 16].")
+@click.option("--patch", type=int, help="HR patch size  [default: 192].")
+@click.option("--lr", type=float, help="Initial learning rate, halved at 50%% and 75%% of the run  [default: 5e-4].")
+@click.option("--val-every", type=int, help="Validate every N iterations  [default: 500].")
+@click.option("--save-every", type=int, help="Write last.pt every N iterations  [default: 100].")
+@click.option("--val-max-slices", type=int, help="Validate on the first N dev slices only.")
+@click.option("--normalizer", type=click.Choice(["percentile", "fixed"]), help="percentile: per-volume 99.5th percentile -> 1 (any scanner); fixed: the paper's clip/divide by 2000  [default: percentile].")
+@click.option("--seed", type=int, help="Seed of the patch sampler  [default: 0].")
+@click.option("--data-licence", help="Licence/attribution of the training data, recorded in the checkpoint.")
+@click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a checkpoint's matching tensors (fine-tune another scale).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Run folder: last.pt, best.pt, log.jsonl, curve.png.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output exactly where last.pt left it.")
+@click.option("--stop-after", type=int, help="Stop (saving last.pt) after N iterations in this invocation; resume later.")
+@click.option("--device", help="torch device (cpu, cuda, cuda:1)  [default: cuda if available].")
+@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@json_option
+@user_errors
+def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
+            normalizer, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
+    """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
+
+    Multi-GPU or multi-node: launch the same command with
+    ``torchrun --nproc_per_node N -m mdrn_edge.cli.train ...``.
+    """
+    require("torch", "train")
+    import torch
+
+    from mdrn_edge.data.normalize import Normalizer
+    from mdrn_edge.models.checkpoint import load_checkpoint
+    from mdrn_edge.train.trainer import Trainer, TrainConfig
+
+    run_dir = Path(output)
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise InputError(f"{last}: nothing to resume; start the run without --resume")
+        ckpt = load_checkpoint(last)
+        base = dict(ckpt.get("train_config", {}))
+        data = data or tuple(ckpt["provenance"]["data"])
+        val = val or tuple(ckpt["provenance"]["val"])
+        init_from = ckpt["provenance"].get("init_from")
+    else:
+        if (run_dir / "last.pt").exists():
+            raise InputError(f"{run_dir}: already holds a run (last.pt); use --resume or another --output")
+        base = _load_config(config_file)
+    if not data or not val:
+        raise InputError("give training data with --data and dev data with --val (DICOM folders/files or NIfTI)")
+    overrides = {
+        "scale": int(scale) if scale else None, "arch": arch, "iterations": iterations, "batch_size": batch_size,
+        "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
+        "seed": seed, "data_licence": data_licence,
+        "normalizer": (Normalizer.paper() if normalizer == "fixed" else Normalizer()).to_dict() if normalizer else None,
+    }
+    try:
+        cfg = TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    except TypeError as exc:
+        raise InputError(f"{config_file}: {exc}; see TrainConfig for the valid fields") from None
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    trainer = Trainer(cfg, data, val, run_dir, device=device, init_from=init_from, resume=resume)
+    with progress_bar(cfg.iterations, f"{cfg.arch} x{cfg.scale}", progress and trainer.rank == 0, trainer.iteration) as bar:
+        def tick(_: int, stats: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.1e}")
+
+        result = trainer.fit(stop_after=stop_after, progress=tick)
+    if trainer.rank == 0:
+        summary = {"run_dir": str(result.run_dir), "iteration": result.iteration, "status": result.status,
+                   "best": result.best, "seconds": round(result.seconds, 1)}
+        if as_json:
+            emit_json(summary)
+        else:
+            click.echo(f"{result.status} at iteration {result.iteration}; best dev PSNR {result.best.get('psnr'):.3f} dB; "
+                       f"checkpoints in {run_dir}")
+
+
+if __name__ == "__main__":  # torchrun -m mdrn_edge.cli.train
+    command()

@@ -1,0 +1,1 @@
+"""Training: patch datasets, atomic weights-only checkpoints, the trainer (single process or DDP)."""

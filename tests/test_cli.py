@@ -1,0 +1,46 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from corpus import bad_inputs, mr_small, shared_files
+from mdrn_edge.cli.main import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_summary_json_reports_the_spec_params():
+    res = run("summary", "--arch", "mdrn", "--scale", "4", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["params"] == 257_640 and 32e9 < info["flops"] < 34e9
+
+
+def test_eval_bicubic_on_the_bundled_sample():
+    res = run("eval", mr_small(), "--scale", "4", "--model", "bicubic", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "gain_db", "p_value", "n_slices"):
+        assert key in out
+    assert out["gain_db"] == 0 and out["n_slices"] == 1 and 15 < out["psnr"] < 50
+
+
+def test_paper_protocol_reproduces_the_papers_bicubic_row(shared_series):
+    res = run("eval", *shared_files(101, 120), "--scale", "4", "--model", "bicubic", "--protocol", "paper", "--json")
+    out = json.loads(res.output)
+    assert out["n_slices"] == 20 and out["psnr"] == pytest.approx(28.32, abs=0.02)  # spec: 28.32 (paper 28.44)
+
+
+@pytest.mark.parametrize("case", ["not_dicom", "truncated", "nan_nifti", "one_pixel"])
+def test_cli_bad_input_is_one_line_and_nonzero_exit(tmp_path, case):
+    res = run("eval", bad_inputs(tmp_path)[case], "--scale", "4", "--model", "bicubic")
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output
+
+
+def test_unknown_model_name_lists_the_shipped_ones():
+    res = run("eval", mr_small(), "--scale", "4", "--model", "mdrn-x5")
+    assert res.exit_code != 0 and "shipped .pt models" in res.output

@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from corpus import make_series, mr_small
+from mdrn_edge.cli.train import command as train_cli
+from mdrn_edge.models.checkpoint import load_checkpoint, load_model
+
+TINY = ["--scale", "4", "--patch", "32", "--batch-size", "4", "--val-every", "3", "--save-every", "1",
+        "--iterations", "6", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_series(tmp_path / "train", 3), mr_small()
+
+
+def train(out, data, *extra):
+    train_dir, val = data
+    res = CliRunner().invoke(train_cli, ["--data", train_dir, "--val", val, "--output", out, *TINY, *map(str, extra)])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path, data):
+    train(tmp_path / "straight", data)
+    train(tmp_path / "split", data, "--stop-after", "4")
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 4
+    CliRunner().invoke(train_cli, ["--output", tmp_path / "split", "--resume", "--no-progress", "--threads", "1"])
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_checkpoints_load_weights_only_and_hold_what_the_card_needs(tmp_path, data):
+    train(tmp_path / "run", data)
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / "run" / name, weights_only=True)  # no pickled objects: safe to load
+        for key in ("state_dict", "config", "scale", "normalizer", "iteration", "metrics", "provenance"):
+            assert key in ckpt
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert {"optimizer", "rng"} <= set(ckpt) and ckpt["provenance"]["torch"] == torch.__version__
+    model, _ = load_model(tmp_path / "run" / "best.pt")
+    assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_psnr" in r and "bicubic_psnr" in r for r in log)
+    assert (tmp_path / "run" / "curve.png").stat().st_size > 1000
+
+
+def test_a_pickled_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "mdrn-edge-checkpoint", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="not a loadable weights-only checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--patch", "30"], "not a multiple of scale"),
+    (["--patch", "128"], "smaller than the HR patch"),
+])
+def test_bad_training_input_is_one_line(tmp_path, data, args, expected):
+    train_dir, val = data
+    res = CliRunner().invoke(train_cli, ["--data", train_dir, "--val", val, "--output", tmp_path / "r", *TINY, *args])
+    assert res.exit_code != 0 and expected in res.output and "Traceback" not in res.output
+
+
+def test_resume_refuses_a_foreign_checkpoint(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "last.pt").write_bytes(b"garbage")
+    res = CliRunner().invoke(train_cli, ["--output", tmp_path / "r", "--resume"])
+    assert res.exit_code != 0 and "not a loadable" in res.output
+
+
+def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, data):
+    train_dir, val = data
+    cmd = [sys.executable, "-m", "mdrn_edge.cli.train", "--data", str(train_dir), "--val", str(val), "--output",
+           str(tmp_path / "r"), *TINY[:8], "--iterations", "100000", "--save-every", "1000", "--no-progress", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "r" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "val_psnr" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["iteration"] >= 3
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_gloo_train_and_resume(tmp_path, data):
+    train_dir, val = data
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "mdrn_edge.cli.train"]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*base, "--data", str(train_dir), "--val", str(val), "--output", str(out), *TINY,
+                            "--stop-after", "3"], capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["iteration"] == 3 and ckpt["provenance"]["world_size"] == 2
+    second = subprocess.run([*base, "--output", str(out), "--resume", "--no-progress"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert load_checkpoint(out / "last.pt")["iteration"] == 6
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
