@@ -4,9 +4,6 @@ and a checkpoint from the internet cannot run code; written atomically (temp fil
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import torch
 from torch import nn
 
 from mdrn_edge.errors import ModelFileError, first_line
+from mdrn_edge.fileio import atomic_path
 from mdrn_edge.models import build_model
 
 FORMAT = "mdrn-edge-checkpoint"
@@ -22,18 +20,10 @@ RESUME_KEYS = ("optimizer", "rng")
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through a temp file and a rename: a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -93,11 +83,3 @@ def torch_predictor(model: nn.Module, device: str | torch.device = "cpu"):
 def slim(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint without resume state (optimiser, RNG): what ships with the package."""
     return {k: v for k, v in ckpt.items() if k not in RESUME_KEYS}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

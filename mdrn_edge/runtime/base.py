@@ -1,0 +1,95 @@
+"""One interface for every inference backend, after Polygraphy's runners.
+
+The public ``activate`` / ``infer`` / ``deactivate`` check state and inputs; backends only write ``*_impl``.
+Every backend takes and returns a float32 ``N x 1 x H x W`` array, and times ``infer_impl`` with the same scope
+(host arrays in, host arrays out, copies included) so latencies compare fairly.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdrn_edge.errors import InputError, MdrnError
+from mdrn_edge.modelinfo import ModelInfo
+
+
+class InferenceError(MdrnError):
+    """The backend produced something unusable (NaN/Inf output, wrong shape)."""
+
+
+class Runner(ABC):
+    backend = "base"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.is_active = False
+        self.info: ModelInfo | None = None
+        self.last_inference_time: float | None = None
+
+    # --- public API ---------------------------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if self.is_active:
+            raise RuntimeError(f"{self.backend} runner for {self.path} is already active")
+        self.activate_impl()
+        self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """SR of an ``N x 1 x H x W`` float32 batch; NaN/Inf outputs are refused, never passed on."""
+        if not self.is_active:
+            raise RuntimeError(f"activate the {self.backend} runner before infer()")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 1:
+            raise InputError(f"expected an N x 1 x H x W batch, got shape {batch.shape}")
+        self.check_shape(batch.shape)
+        t0 = time.perf_counter()
+        out = self.infer_impl(batch)
+        self.last_inference_time = time.perf_counter() - t0
+        s = self.scale
+        expected = (batch.shape[0], 1, batch.shape[2] * s, batch.shape[3] * s)
+        if out.shape != expected:
+            raise InferenceError(f"{self.path}: {self.backend} returned shape {out.shape}, expected {expected}")
+        if not np.isfinite(out).all():
+            raise InferenceError(
+                f"{self.path}: {self.backend} produced NaN/Inf ({int((~np.isfinite(out)).sum())} values); "
+                "for an FP16 model keep CCA's statistics in FP32 (re-export with mdrn-export) or use the FP32 model"
+            )
+        return out
+
+    @property
+    def scale(self) -> int:
+        assert self.info is not None, "activate_impl must set self.info"
+        return int(self.info.scale)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "path": str(self.path), "model": self.info.name if self.info else None,
+                "precision": self.info.precision if self.info else None}
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Backends with fixed limits (TensorRT profiles) refuse out-of-range shapes here, before running."""
+
+    # --- for backends -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def deactivate_impl(self) -> None:
+        """Release resources (optional)."""

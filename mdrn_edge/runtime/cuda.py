@@ -1,0 +1,127 @@
+"""Device buffers and a stream behind one small adapter: cuda-python (NVIDIA's choice in its TensorRT samples)
+or pycuda where that is what is installed. Every cuda-python call returns ``(err, value...)`` and is checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mdrn_edge.errors import MdrnError, MissingDependencyError
+
+INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13' on JetPack 6) or pycuda"
+
+
+class CudaError(MdrnError):
+    """A CUDA call failed (no GPU, out of memory, driver mismatch)."""
+
+
+def _import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6.1
+    except ImportError:
+        try:
+            from cuda import cudart  # older cuda-python
+        except ImportError:
+            return None
+    return cudart
+
+
+class CudaPython:
+    """cuda-python's runtime API."""
+
+    name = "cuda-python"
+
+    def __init__(self, cudart) -> None:
+        self.rt = cudart
+        self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+
+    def _check(self, result: tuple, what: str) -> Any:
+        err, *values = result
+        if err != self.rt.cudaError_t.cudaSuccess:
+            _, name = self.rt.cudaGetErrorName(err)
+            raise CudaError(f"CUDA {what} failed: {name.decode() if isinstance(name, bytes) else name}")
+        return values[0] if len(values) == 1 else values
+
+    def device(self) -> dict[str, Any]:
+        dev = self._check(self.rt.cudaGetDevice(), "cudaGetDevice")
+        props = self._check(self.rt.cudaGetDeviceProperties(dev), "cudaGetDeviceProperties")
+        name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+        return {"name": name, "compute_capability": f"{props.major}.{props.minor}"}
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self._check(self.rt.cudaFree(ptr), "cudaFree")
+
+    def htod(self, ptr: int, host: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream), "cudaMemcpyAsync")
+
+    def dtoh(self, host: np.ndarray, ptr: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, kind, self.stream), "cudaMemcpyAsync")
+
+    def synchronize(self) -> None:
+        self._check(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream)
+
+    def close(self) -> None:
+        self._check(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+
+
+class PyCuda:
+    """pycuda's driver API (it creates and owns a context through ``pycuda.autoinit``)."""
+
+    name = "pycuda"
+
+    def __init__(self) -> None:
+        import pycuda.autoinit  # noqa: F401  (creates the context)
+        import pycuda.driver as cuda
+
+        self.cuda, self.stream, self._allocs = cuda, cuda.Stream(), {}
+
+    def device(self) -> dict[str, Any]:
+        dev = self.cuda.Context.get_device()
+        major, minor = dev.compute_capability()
+        return {"name": dev.name(), "compute_capability": f"{major}.{minor}"}
+
+    def malloc(self, nbytes: int) -> int:
+        alloc = self.cuda.mem_alloc(max(nbytes, 1))
+        self._allocs[int(alloc)] = alloc
+        return int(alloc)
+
+    def free(self, ptr: int) -> None:
+        self._allocs.pop(ptr).free()
+
+    def htod(self, ptr: int, host: np.ndarray) -> None:
+        self.cuda.memcpy_htod_async(ptr, host, self.stream)
+
+    def dtoh(self, host: np.ndarray, ptr: int) -> None:
+        self.cuda.memcpy_dtoh_async(host, ptr, self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    @property
+    def stream_handle(self) -> int:
+        return int(self.stream.handle)
+
+    def close(self) -> None:
+        self.stream = None
+
+
+def cuda_adapter() -> CudaPython | PyCuda:
+    """The first CUDA binding that imports; one line saying what to install otherwise."""
+    cudart = _import_cudart()
+    if cudart is not None:
+        return CudaPython(cudart)
+    try:
+        return PyCuda()
+    except ImportError:
+        raise MissingDependencyError(f"the TensorRT backend needs CUDA Python bindings; {INSTALL_HINT}") from None

@@ -1,0 +1,75 @@
+"""ONNX Runtime backend: CPU, CUDA or TensorRT execution providers, with a printed fallback order."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mdrn_edge.errors import ModelFileError, first_line, require
+from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
+from mdrn_edge.runtime.base import Runner
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def provider_order(device: str = "auto", tensorrt_ep: bool = False) -> list[str]:
+    """Providers to try, best first, among those this onnxruntime build has (CPU always last)."""
+    ort = require("onnxruntime", "runtime")
+    available = set(ort.get_available_providers())
+    wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "auto": ["cuda", "cpu"]}[device]
+    if tensorrt_ep and device != "cpu":
+        wanted = ["tensorrt", *wanted]
+    return [PROVIDERS[k] for k in wanted if PROVIDERS[k] in available]
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "auto", providers: list[str] | None = None,
+                 tensorrt_ep: bool = False, threads: int | None = None,
+                 provider_options: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(path)
+        self.providers = providers or provider_order(device, tensorrt_ep)
+        self.threads, self.provider_options = threads, provider_options or {}
+        self.session = None
+
+    def activate_impl(self) -> None:
+        ort = require("onnxruntime", "runtime")
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: no such ONNX file; export one with mdrn-export or use a shipped model")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        providers = [(p, self.provider_options.get(p, {})) for p in self.providers]
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:
+            raise ModelFileError(f"{self.path}: ONNX Runtime cannot load it ({first_line(exc)}); is it an ONNX model?") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ModelFileError(f"{self.path}: not an mdrn-edge model (no '{METADATA_KEY}' metadata); export it with mdrn-export")
+        self.info = ModelInfo.from_json(meta[METADATA_KEY], str(self.path))
+        log.info("onnxruntime %s: providers tried %s, running on %s", ort.__version__, self.providers, self.provider)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0] if self.session else "none"
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.info.output_name], {self.info.input_name: batch})[0]
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "provider": self.provider, "providers_tried": self.providers}
