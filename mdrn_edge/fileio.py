@@ -23,7 +23,8 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # keep the final suffixes (.nii.gz, .onnx): some writers choose the format from the name
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     umask = os.umask(0)

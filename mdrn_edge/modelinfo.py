@@ -36,6 +36,17 @@ class ModelInfo:
     def name(self) -> str:
         return f"{self.arch}-x{self.scale}"
 
+    def receptive_field(self) -> int:
+        """Width in LR pixels of the convolutional receptive field (CCA's global statistics aside).
+
+        MDRN: 3x3 head (+2); per FMDRB three residual units and the last BSConv, each one 3x3 (+8); the 3x3
+        aggregation (+2) and the 3x3 reconstruction (+2): ``8 n + 7`` = 71 for n = 8. Other architectures: a
+        conservative 64 + 1.
+        """
+        if self.arch == "mdrn":
+            return 8 * int(self.config.get("num_block", 8)) + 7
+        return 65
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

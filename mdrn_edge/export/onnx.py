@@ -63,7 +63,10 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFA
     onnx = require("onnx", "export")
     t0 = time.perf_counter()
     model = model.float().eval().to(memory_format=torch.contiguous_format)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose: it names nodes after the module path (``/body.0/attn/...``),
+        # which is how CCA's statistics are found for FP32 pinning, and gives plain dynamic axes.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, (torch.rand(1, 1, 32, 32),), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             opset_version=opset, dynamo=False, do_constant_folding=True,

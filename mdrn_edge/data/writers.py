@@ -1,0 +1,129 @@
+"""Write a super-resolved volume back in the input's own format: a derived DICOM series, or NIfTI.
+
+DICOM, after highdicom's conventions: same patient and study; a new series with UIDs from pydicom's generator;
+ImageType DERIVED\\SECONDARY with DerivationDescription and SourceImageSequence for provenance; Rows/Columns
+times s, PixelSpacing divided by s and ImagePositionPatient moved to the new first pixel centre; values back in
+the input's stored units; explicit VR little endian.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+import mdrn_edge
+from mdrn_edge.data.volume import Volume
+
+LO_MAX = 64  # SeriesDescription is LO
+
+
+def subpixel_shift(scale: int) -> float:
+    """Offset, in input pixels, from an input pixel centre to the centre of the first of its s x s output pixels."""
+    return -(scale - 1) / (2 * scale)
+
+
+def to_stored(values: np.ndarray, ds) -> np.ndarray:
+    """Physical values -> stored integers: undo RescaleSlope/Intercept, round, clip to the BitsStored range."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
+        (int(ds.BitsAllocated), signed)]
+    return np.clip(np.rint((values - intercept) / slope), lo, hi).astype(dtype)
+
+
+def _remove_stale(ds) -> None:
+    """Drop what no longer describes the new pixels: overlays, icons, pixel extremes."""
+    for tag in list(ds.keys()):
+        if 0x6000 <= tag.group <= 0x60FF:
+            del ds[tag]
+    for keyword in ("IconImageSequence", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def derived_slice(src, pixels: np.ndarray, scale: int, series_uid: str, description: str, derivation: str, now: datetime):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    ds = copy.deepcopy(src)
+    _remove_stale(ds)
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = sop_uid, series_uid
+    ds.SeriesDescription = description
+    ds.ImageType = ["DERIVED", "SECONDARY", *list(src.get("ImageType", []))[2:]]
+    ds.DerivationDescription = derivation
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+    ds.SourceImageSequence = [ref]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if "SeriesNumber" in src and src.SeriesNumber not in (None, ""):
+        ds.SeriesNumber = int(src.SeriesNumber) + 1000
+    ds.Rows, ds.Columns = int(src.Rows) * scale, int(src.Columns) * scale
+    if "PixelSpacing" in src:
+        row_sp, col_sp = (float(v) for v in src.PixelSpacing)
+        ds.PixelSpacing = [f"{row_sp / scale:.10g}", f"{col_sp / scale:.10g}"]
+        if "ImagePositionPatient" in src and "ImageOrientationPatient" in src:
+            iop = np.asarray(src.ImageOrientationPatient, float)
+            shift = subpixel_shift(scale)
+            ipp = np.asarray(src.ImagePositionPatient, float) + iop[:3] * col_sp * shift + iop[3:] * row_sp * shift
+            ds.ImagePositionPatient = [f"{v:.10g}" for v in ipp]
+    stored = to_stored(pixels, src)
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW" if stored.itemsize > 1 else "OB"
+    return ds
+
+
+class DicomSeriesWriter:
+    """Writes one derived DICOM file per slice into an existing folder, slice by slice as results arrive."""
+
+    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str) -> None:
+        from pydicom.uid import generate_uid
+
+        self.volume, self.scale, self.folder = volume, scale, folder
+        self.series_uid, self.now = generate_uid(), datetime.now()
+        suffix = f" SR x{scale} MDRN"
+        self.description = (str(volume.headers[0].get("SeriesDescription", ""))[: LO_MAX - len(suffix)] + suffix).strip()
+        self.derivation = (f"Super-resolved x{scale} by mdrn-edge {mdrn_edge.__version__} ({model_name}, {backend}); "
+                           "not for primary diagnosis")
+        self.files: list[Path] = []
+
+    def write(self, first: int, slices: np.ndarray) -> None:
+        for k, pixels in enumerate(slices, start=first):
+            ds = derived_slice(self.volume.headers[k], pixels, self.scale, self.series_uid, self.description,
+                               self.derivation, self.now)
+            path = self.folder / f"{k + 1:04d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            self.files.append(path)
+
+
+def write_nifti(volume: Volume, sr: np.ndarray, scale: int, path: Path, dtype: str = "keep") -> Path:
+    """NIfTI with in-plane voxels divided by ``scale`` and the affine moved so the volume stays where it was."""
+    import nibabel as nib
+
+    header, affine = volume.headers
+    zoom = np.diag([1.0 / scale, 1.0 / scale, 1.0, 1.0])
+    zoom[:2, 3] = subpixel_shift(scale)  # new voxel centres in old voxel coordinates
+    new_affine = affine @ zoom
+    data = np.moveaxis(sr, 0, 2)
+    header = header.copy()
+    header.set_data_shape(data.shape)
+    img = nib.Nifti1Image(data.astype(np.float32), new_affine, header=header)
+    img.set_qform(new_affine)
+    img.set_sform(new_affine)
+    zooms = list(header.get_zooms())
+    img.header.set_zooms((zooms[0] / scale, zooms[1] / scale, *zooms[2:]))
+    if dtype == "float32":
+        img.set_data_dtype(np.float32)
+    nib.save(img, str(path))
+    return path

@@ -1,0 +1,82 @@
+"""A volume in, its super-resolved slices out: normalise with the model's own normaliser, batch or tile, invert."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+
+from mdrn_edge.data.normalize import Normalizer
+from mdrn_edge.data.volume import Volume
+from mdrn_edge.errors import InputError
+from mdrn_edge.runtime.base import Runner
+from mdrn_edge.runtime.tiling import run_tiled
+
+BYTES_PER_LR_PIXEL_PER_FEATURE = 4 * 3  # FP32 activations, with about 3 live copies per feature map
+BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
+
+
+def activation_bytes(runner: Runner, lr_pixels: int) -> int:
+    """A conservative estimate of the inference memory for ``lr_pixels`` LR pixels.
+
+    MDRN keeps all n block outputs (n C channels) alive for the aggregation, plus a block's working set (about
+    4 C) and the s^2 output channels.
+    """
+    cfg = runner.info.config if runner.info else {}
+    c, n = int(cfg.get("num_feat", 64)), int(cfg.get("num_block", 16))
+    return lr_pixels * (c * (n + 4) + runner.scale**2) * BYTES_PER_LR_PIXEL_PER_FEATURE
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable, else total physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: int | None, budget: int) -> int:
+    """Slices (or tiles) per call: small ones batched (measured: no gain beyond 256x256 LR pixels per call on a
+    CPU), within the memory budget; a slice that cannot fit without --tile is refused with the hint."""
+    h, w = (min(tile, shape[0]), min(tile, shape[1])) if tile else shape
+    per_item = activation_bytes(runner, h * w)
+    if per_item > budget:
+        hint = "use a smaller --tile" if tile else "use --tile 256 (tiled inference bounds memory by the tile)"
+        raise InputError(f"a {shape[0]}x{shape[1]} slice needs about {per_item / 2**30:.1f} GiB to infer whole, "
+                         f"more than the {budget / 2**30:.1f} GiB available; {hint}")
+    fit = max(1, budget // per_item)
+    return int(min(batch or max(1, min(8, BATCH_PIXELS // (h * w))), fit))
+
+
+def super_resolve(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
+                  batch: int | None = None, progress: Callable[[int], None] | None = None,
+                  memory_budget: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first slice index, SR slices)`` chunks in the volume's physical units, so that callers write
+    each chunk as it comes and memory never holds the whole super-resolved volume."""
+    if min(volume.data.shape[-2:]) < 2:
+        raise InputError(f"{volume.sources[0]}: a {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small "
+                         "to super-resolve; give slices of at least 2x2 pixels")
+    normalizer = Normalizer.from_dict(runner.info.normalizer).fit(volume.data)
+    x = normalizer.normalize(volume.data)
+    budget = memory_budget or int(0.5 * available_memory())
+    per_call = plan_batch(runner, x.shape[-2:], tile, batch, budget)
+    s = runner.scale
+    if tile:
+        overlap = runner.info.receptive_field() if overlap is None else overlap
+        if overlap >= tile:
+            raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}; the default overlap is the "
+                             f"model's receptive field ({runner.info.receptive_field()} LR pixels)")
+    step = 1 if tile else per_call
+    for i in range(0, len(x), step):
+        if tile:
+            sr = run_tiled(runner.infer, x[i], s, tile, overlap, per_call)[None]
+        else:
+            sr = runner.infer(x[i : i + step, None])[:, 0]
+        yield i, normalizer.denormalize(sr)
+        if progress:
+            progress(len(sr))
