@@ -1,8 +1,62 @@
-"""placeholder until its issue lands"""
+"""``mdrn-bench``: latency, throughput, memory and accuracy of every backend, side by side, in one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
 
+from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.errors import InputError, require
 
-@click.command("bench")
-def command() -> None:
-    """Not implemented yet."""
-    raise click.ClickException("not implemented yet")
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option} {text!r}: give comma-separated whole numbers, e.g. 64,128,256") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{option} {text!r}: give positive whole numbers")
+    return values
+
+
+@click.command("bench", context_settings={"show_default": True})
+@click.option("--model", default="mdrn-x4", help="Checkpoint or shipped model name.")
+@click.option("--backends", default="all", help="Comma-separated backends or 'all' (unavailable ones are reported as skipped).")
+@click.option("--sizes", default="64,128,256", help="LR input sizes (square).")
+@click.option("--batch", "batches", default="1", help="Batch sizes, comma-separated.")
+@click.option("--data", multiple=True, help="Real MRI (DICOM/NIfTI) for inputs and accuracy  [default: the bundled sample].")
+@click.option("--min-time", type=float, default=1.0, help="Seconds of timed runs per measurement (after warm-up).")
+@click.option("--no-table3", is_flag=True, help="Skip the MDRN/EDSR/RFDN efficiency comparison.")
+@click.option("--table3-size", type=int, default=256, help="LR size of the efficiency comparison (the paper's FLOPs are at 256).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for report.json, report.md and plots.")
+@json_option
+@user_errors
+def command(model, backends, sizes, batches, data, min_time, no_table3, table3_size, output, as_json):
+    """Benchmark PyTorch, ONNX Runtime and TensorRT on real MRI slices; each backend runs in its own process."""
+    require("torch", "bench")
+    from mdrn_edge.bench.report import write_report
+    from mdrn_edge.bench.runner import BACKENDS, BenchConfig, run_bench
+
+    names = list(BACKENDS) if backends == "all" else [b.strip() for b in backends.split(",")]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise InputError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(BACKENDS)}")
+    cfg = BenchConfig(model=model, backends=names, sizes=_ints(sizes, "--sizes"), batches=_ints(batches, "--batch"),
+                      data=data, min_time=min_time, table3=not no_table3, table3_size=table3_size)
+    steps = len(cfg.sizes) * len(cfg.batches) * len(names) + (3 if cfg.table3 else 0)
+    with progress_bar(steps, "bench", not as_json) as bar:
+        def tick(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        report = run_bench(cfg, tick)
+    files = write_report(report, Path(output))
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,304 @@
+"""mdrn-bench: every backend on the same real slices, each in its own process, compared in one report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+import mdrn_edge
+from mdrn_edge.data import read_volume
+from mdrn_edge.data.degradation import degrade, imresize
+from mdrn_edge.data.normalize import Normalizer
+from mdrn_edge.evaluate import score
+from mdrn_edge.metrics import psnr
+
+# name -> how to run it; the CLI, the availability checks and the report all read this one table
+BACKENDS: dict[str, dict[str, Any]] = {
+    "torch-fp32-cpu": {"backend": "torch", "precision": "fp32", "device": "cpu"},
+    "torch-fp32-cuda": {"backend": "torch", "precision": "fp32", "device": "cuda"},
+    "torch-fp16-cuda": {"backend": "torch", "precision": "fp16", "device": "cuda"},
+    "torch-fp16-cuda-channels-last": {"backend": "torch", "precision": "fp16", "device": "cuda", "channels_last": True},
+    "onnxruntime-fp32-cpu": {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"},
+    "onnxruntime-fp16-cpu": {"backend": "onnxruntime", "precision": "fp16", "device": "cpu"},
+    "onnxruntime-fp32-cuda": {"backend": "onnxruntime", "precision": "fp32", "device": "cuda"},
+    "onnxruntime-fp16-cuda": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda"},
+    "onnxruntime-fp16-tensorrt-ep": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda", "tensorrt_ep": True},
+    "tensorrt-fp32": {"backend": "tensorrt", "precision": "fp32", "device": "cuda"},
+    "tensorrt-fp16": {"backend": "tensorrt", "precision": "fp16", "device": "cuda"},
+}
+REFERENCE = "torch-fp32-cpu"
+EXPECTED_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# The paper's Table 3 (MRI-brain, x4, RTX 3090): peak memory MB and time ms
+PAPER_TABLE3 = {"mdrn": (325.21, 27.88), "edsr": (2192.74, 72.36), "rfdn": (813.06, 49.51)}
+
+
+@dataclass
+class BenchConfig:
+    model: str = "mdrn-x4"
+    backends: Sequence[str] = tuple(BACKENDS)
+    sizes: Sequence[int] = (64, 128, 256)
+    batches: Sequence[int] = (1,)
+    data: Sequence[str] = ()
+    min_time: float = 1.0
+    table3: bool = True
+    table3_size: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def unavailable(name: str) -> str | None:
+    """Why a backend cannot run here, or None."""
+    spec = BACKENDS[name]
+    if spec["device"] == "cuda" and spec["backend"] in ("torch", "tensorrt"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU here (torch.cuda.is_available() is False)"
+    if spec["backend"] == "onnxruntime":
+        import onnxruntime as ort
+
+        wanted = "TensorrtExecutionProvider" if spec.get("tensorrt_ep") else EXPECTED_PROVIDER[spec["device"]]
+        if wanted not in ort.get_available_providers():
+            return f"this onnxruntime has no {wanted} (pip install onnxruntime-gpu on a CUDA machine)"
+    if spec["backend"] == "tensorrt":
+        from mdrn_edge.engines.tensorrt import import_builder
+        from mdrn_edge.errors import MdrnError
+        from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason
+
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            return reason
+        try:
+            import_builder()
+        except MdrnError as exc:
+            return str(exc)
+    return None
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+
+    out = {"mdrn_edge": mdrn_edge.__version__, "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
+           "numpy": np.__version__}
+    for module in ("onnx", "tensorrt"):
+        try:
+            out[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def matmul_gflops(device: str = "cpu", dtype: str = "fp32", n: int = 2048, min_time: float = 1.0) -> float:
+    """Dense matmul throughput on this device: the machine's capability that each backend's FLOP/s is set against."""
+    import torch
+
+    dt = torch.float16 if dtype == "fp16" else torch.float32
+    a = torch.rand(n, n, device=device, dtype=dt)
+    b = torch.rand(n, n, device=device, dtype=dt)
+    (a @ b).sum().item()
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_time or runs < 3:
+        (a @ b).sum().item()
+        runs += 1
+    return 2 * n**3 * runs / (time.perf_counter() - t0) / 1e9
+
+
+def make_inputs(data: Sequence[str], normalizer: Normalizer, scale: int, size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real HR slices of (size*scale)^2 (centre crops, or bicubic enlargements of smaller slices) and their LR."""
+    from mdrn_edge.samples import sample_files
+
+    volume = read_volume(list(data) or sample_files())
+    slices = normalizer.fit(volume.data).normalize(volume.data)
+    pick = np.linspace(0, len(slices) - 1, batch).round().astype(int)
+    target, hrs = size * scale, []
+    for sl in slices[pick]:
+        h, w = sl.shape
+        if min(h, w) >= target:
+            y, x = (h - target) // 2, (w - target) // 2
+            hrs.append(sl[y : y + target, x : x + target])
+        else:
+            hrs.append(imresize(sl, (target, target)))
+    hr = np.stack(hrs).astype(np.float32)
+    return degrade(hr, scale)[:, None], hr
+
+
+def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    spec = {**spec, "spawned_at": time.time()}
+    proc = subprocess.run([sys.executable, "-m", "mdrn_edge.bench.worker", json.dumps(spec)], capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"skipped": f"failed: {tail[:300]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare_models(model: str, work: Path, names: Sequence[str]) -> tuple[dict[str, Path], Any]:
+    """The checkpoint, its FP32/FP16 ONNX and, where TensorRT runs, its engines, all from the same weights."""
+    from mdrn_edge.export.onnx import convert_fp16, export_onnx, model_info_from_checkpoint
+    from mdrn_edge.fileio import file_sha256
+    from mdrn_edge.models.checkpoint import load_model
+    from mdrn_edge.weights import resolve_model
+
+    ckpt_path = resolve_model(model, ".pt")
+    net, ckpt = load_model(ckpt_path)
+    info = model_info_from_checkpoint(ckpt, file_sha256(ckpt_path))
+    files = {"torch": ckpt_path, "onnx-fp32": export_onnx(net, info, work / "model.onnx").path}
+    files["onnx-fp16"] = convert_fp16(files["onnx-fp32"], work / "model.fp16.onnx").path
+    if any(BACKENDS[n]["backend"] == "tensorrt" for n in names):
+        from mdrn_edge.engines.tensorrt import Profile, build_engine
+
+        profile = Profile.parse("1x1x16x16", "1x1x256x256", "8x1x512x512")
+        for precision in ("fp32", "fp16"):
+            files[f"engine-{precision}"], _ = build_engine(files["onnx-fp32"], files["onnx-fp16"],
+                                                           work / f"model.{precision}.engine", precision == "fp16", profile)
+    return files, info
+
+
+def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path:
+    if spec["backend"] == "torch":
+        return files["torch"]
+    if spec["backend"] == "tensorrt":
+        return files[f"engine-{spec['precision']}"]
+    return files[f"onnx-{spec['precision']}"]
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    from mdrn_edge.models import build_model
+    from mdrn_edge.models.stats import count_flops
+
+    names = [n for n in cfg.backends]
+    reasons = {n: unavailable(n) for n in names}
+    runnable = [n for n in names if not reasons[n]]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="mdrn-bench-") as tmp:
+        work = Path(tmp)
+        files, info = prepare_models(cfg.model, work, runnable)
+        flops_per_pixel = count_flops(build_model(info.arch, info.scale, **{k: v for k, v in info.config.items() if k != "scale"}), 64) / 64**2
+        normalizer = Normalizer.from_dict(info.normalizer)
+        peak = {"cpu": matmul_gflops("cpu")}
+        if any(BACKENDS[n]["device"] == "cuda" for n in runnable):
+            peak["cuda-fp32"], peak["cuda-fp16"] = matmul_gflops("cuda", "fp32"), matmul_gflops("cuda", "fp16")
+        for size in cfg.sizes:
+            for batch in cfg.batches:
+                lr, hr = make_inputs(cfg.data, normalizer, info.scale, size, batch)
+                np.save(work / "lr.npy", lr)
+                ref = None
+                for name in sorted(names, key=lambda n: n != REFERENCE):  # the reference first
+                    spec = BACKENDS[name]
+                    row = {"name": name, "backend": spec["backend"], "precision": spec["precision"],
+                           "device": spec["device"], "lr_size": size, "batch": batch}
+                    if reasons[name]:
+                        results.append({**row, "skipped": reasons[name]})
+                        continue
+                    progress(f"{name} {size}x{size} batch {batch}")
+                    out_file = work / f"out-{name}.npy"
+                    measured = run_worker({**spec, "model_file": str(model_file(files, spec)), "input": str(work / "lr.npy"),
+                                           "output": str(out_file), "min_time": cfg.min_time})
+                    expected = EXPECTED_PROVIDER.get(spec["device"]) if spec["backend"] == "onnxruntime" else None
+                    if expected and not spec.get("tensorrt_ep") and measured.get("provider") not in (None, expected):
+                        measured = {"skipped": f"onnxruntime fell back to {measured['provider']}"}
+                    if "skipped" in measured:
+                        results.append({**row, **measured})
+                        continue
+                    out = np.load(out_file)[:, 0]
+                    if name == REFERENCE:
+                        ref = out
+                    scores = [score(o, h, info.scale) for o, h in zip(out, hr)]
+                    flops = flops_per_pixel * size * size * batch
+                    capability = peak["cpu"] if spec["device"] == "cpu" else peak[f"cuda-{spec['precision']}"]
+                    achieved = flops / (measured["latency_ms"]["p50"] / 1e3) / 1e9
+                    results.append({
+                        **row, **measured,
+                        "max_abs_err": float(np.abs(out - ref).max()) if ref is not None else None,
+                        "psnr_vs_torch_fp32": float(np.mean([psnr(np.clip(o, 0, 1), np.clip(r, 0, 1)) for o, r in zip(out, ref)])) if ref is not None else None,
+                        "psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores])),
+                        "achieved_gflops": achieved, "share_of_matmul_peak": achieved / capability,
+                    })
+        models = table3(cfg, work, progress) if cfg.table3 else []
+    return {
+        "schema": "mdrn-edge-bench/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(), "versions": versions(),
+        "model": {"name": cfg.model, **{k: getattr(info, k) for k in ("arch", "scale", "normalizer", "checkpoint_sha256")}},
+        "data": [str(p) for p in cfg.data] or ["bundled sample: pydicom MR_small.dcm"],
+        "settings": {"sizes": list(cfg.sizes), "batches": list(cfg.batches), "min_time_s": cfg.min_time,
+                     "border_shaved": info.scale, "protocol": "antialiased"},
+        "matmul_gflops": peak,
+        "results": results,
+        "models": models,
+        "ratios": ratios(results),
+    }
+
+
+def table3(cfg: BenchConfig, work: Path, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The paper's Table 3 with our own numbers: params, FLOPs at 256x256, latency and peak memory at x4."""
+    import torch
+
+    from mdrn_edge.models import build_model
+    from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
+    from mdrn_edge.models.stats import count_flops, count_params
+    from mdrn_edge.weights import shipped_models
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = cfg.table3_size
+    lr = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
+    np.save(work / "t3.npy", lr)
+    rows = []
+    for arch in ("mdrn", "edsr", "rfdn"):
+        progress(f"Table 3: {arch}")
+        model = build_model(arch, 4)
+        shipped = shipped_models().get(f"{arch}-x4")
+        path = shipped or atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "scale": 4,
+                                       "config": {}, "normalizer": Normalizer().to_dict(),
+                                       "state_dict": model.state_dict()}, work / f"{arch}.pt")
+        measured = run_worker({"backend": "torch", "precision": "fp32", "device": device, "model_file": str(path),
+                               "input": str(work / "t3.npy"), "output": str(work / "t3-out.npy"),
+                               "min_time": cfg.min_time, "min_runs": 3})
+        paper_mem, paper_ms = PAPER_TABLE3[arch]
+        rows.append({"arch": arch, "params": count_params(model), "flops": count_flops(model, 256), "lr_size": size,
+                     "device": device, "latency_ms": measured.get("latency_ms", {}).get("p50"),
+                     "peak_mem_mb": measured.get("peak_gpu_mb", measured.get("peak_rss_mb")),
+                     "peak_mem_kind": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS (CPU)",
+                     "weights": "shipped" if shipped else "random init (timing and memory do not depend on weights)",
+                     "paper_peak_mem_mb": paper_mem, "paper_time_ms": paper_ms, "paper_device": "RTX 3090",
+                     **({"skipped": measured["skipped"]} if "skipped" in measured else {})})
+    return rows
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The targets of benchmarks/: ONNX Runtime CPU vs PyTorch eager CPU speed, and time to first result."""
+    by = {(r["name"], r["lr_size"], r["batch"]): r for r in results if "skipped" not in r}
+    out: dict[str, Any] = {"onnxruntime_cpu_speedup": {}, "first_result_speedup": {}}
+    for (name, size, batch), r in by.items():
+        if name != "onnxruntime-fp32-cpu" or (REFERENCE, size, batch) not in by:
+            continue
+        t = by[(REFERENCE, size, batch)]
+        key = f"{size}x{size}/b{batch}"
+        out["onnxruntime_cpu_speedup"][key] = t["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+        out["first_result_speedup"][key] = t["first_result_s"] / r["first_result_s"]
+    return out

@@ -1,0 +1,116 @@
+"""One benchmark measurement in a fresh process: ``python -m mdrn_edge.bench.worker SPEC_JSON``.
+
+A fresh process per backend and size makes peak RSS and time-to-first-result honest: the clock starts when the
+parent spawns the process, so interpreter start, imports and model loading are all counted, and nothing heavy
+is imported before the backend asks for it (the ONNX Runtime path never imports torch).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _torch_infer(spec: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[], dict]]:
+    import torch
+
+    from mdrn_edge.models.checkpoint import load_model
+
+    device = torch.device(spec["device"])
+    model, _ = load_model(spec["model_file"])
+    dtype = torch.float16 if spec["precision"] == "fp16" else torch.float32
+    fmt = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
+    model = model.to(device=device, dtype=dtype, memory_format=fmt)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(device=device, dtype=dtype, memory_format=fmt)
+            y = model(x).float().cpu().numpy()  # .cpu() synchronises the stream
+        return y
+
+    def memory() -> dict:
+        if device.type != "cuda":
+            return {}
+        return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+    return infer, memory
+
+
+def _nvml_used_mb() -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+    except Exception:
+        return None
+
+
+def _runtime_infer(spec: dict[str, Any]):
+    from mdrn_edge.runtime import create_runner
+
+    from pathlib import Path
+
+    before = _nvml_used_mb() if spec["device"] == "cuda" else None
+    runner = create_runner(Path(spec["model_file"]), spec["backend"], spec["device"], spec.get("tensorrt_ep", False))
+    runner.activate()
+
+    def memory() -> dict:
+        out: dict[str, Any] = {"provider": runner.describe().get("provider")}
+        if spec["backend"] == "tensorrt":
+            out["peak_gpu_mb"] = runner.device_memory_bytes() / 2**20
+        elif before is not None and (now := _nvml_used_mb()) is not None:
+            out["peak_gpu_mb"] = now - before  # device memory used by this process (NVML)
+        return out
+
+    return runner.infer, memory
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. ``VmHWM`` starts afresh at exec; ``ru_maxrss`` would inherit the parent's peak
+    through fork (measured: every worker reported the orchestrator's 435 MB)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    lr = np.load(spec["input"])  # N x 1 x H x W
+    infer, memory = (_torch_infer if spec["backend"] == "torch" else _runtime_infer)(spec)
+    out = infer(lr)
+    first = time.time() - spec["spawned_at"]
+    for _ in range(spec.get("warmup", 2)):
+        infer(lr)
+    times: list[float] = []
+    t_end = time.perf_counter() + spec.get("min_time", 1.0)
+    while len(times) < spec.get("min_runs", 5) or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        infer(lr)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= spec.get("max_runs", 200):
+            break
+    np.save(spec["output"], out)
+    ms = np.asarray(times) * 1e3
+    return {
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
+                       "p99": float(np.percentile(ms, 99)), "runs": len(times)},
+        "throughput": float(len(lr) / (np.median(times))),
+        "first_result_s": float(first),
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_imported": "torch" in sys.modules,
+        **memory(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))
