@@ -246,3 +246,19 @@ def test_fp16_engine_builds_with_sidecar_and_matches_onnx_runtime(ckpt, tmp_path
     checks = result["artifacts"][-1]["checks"]
     assert checks["psnr_drop_db"] <= 0.05
     assert (tmp_path / "tc.cache").stat().st_size > 0
+
+
+def test_export_from_the_shipped_onnx_without_torch(tmp_path):
+    """The Jetson path: FP16 ONNX (and, where TensorRT runs, the engine) built on the device from the ONNX."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from mdrn_edge.cli.export import command\n"
+            f"command(['mdrn-x4', '--fp16', '--output', {str(tmp_path)!r}, '--json'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout)
+    assert result["max_abs_err"] is None and result["fp16_psnr_drop_db"] <= 0.05
+    assert "not re-run" in result["artifacts"][0]["checks"]["torch_parity"]
+    assert (tmp_path / "mdrn-x4.onnx").read_bytes() == (ROOT / "mdrn_edge" / "weights" / "mdrn-x4.onnx").read_bytes()

@@ -159,7 +159,8 @@ def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
 
 def prepare_models(model: str, work: Path, names: Sequence[str]) -> tuple[dict[str, Path], Any]:
     """The checkpoint, its FP32/FP16 ONNX and, where TensorRT runs, its engines, all from the same weights."""
-    from mdrn_edge.export.onnx import convert_fp16, export_onnx, model_info_from_checkpoint
+    from mdrn_edge.export.fp16 import convert_fp16
+    from mdrn_edge.export.onnx import export_onnx, model_info_from_checkpoint
     from mdrn_edge.fileio import file_sha256
     from mdrn_edge.models.checkpoint import load_model
     from mdrn_edge.weights import resolve_model

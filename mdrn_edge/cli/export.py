@@ -33,6 +33,19 @@ def _step(label: str, quiet: bool):
         click.echo(f"- {label} ...", err=True)
 
 
+def _source(model: str) -> Path:
+    """A given file as is; a shipped name as its checkpoint where torch is installed, else as its ONNX."""
+    from mdrn_edge.weights import resolve_model
+
+    if Path(model).exists():
+        return Path(model)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return resolve_model(model, ".onnx")
+    return resolve_model(model, ".pt")
+
+
 @click.command("export", context_settings={"show_default": True})
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the ONNX files and engine.")
@@ -52,33 +65,46 @@ def _step(label: str, quiet: bool):
 @user_errors
 def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape, workspace, timing_cache,
             version_compatible, opt_level, check_data, max_psnr_drop, as_json):
-    """Export MODEL (a checkpoint or a shipped name such as mdrn-x4) to ONNX and TensorRT, with the checks that
-    prove each file still matches PyTorch on real MRI."""
-    require("torch", "export")
+    """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
+
+    MODEL is a checkpoint (.pt), a shipped name (mdrn-x4) or, on a device without PyTorch (a Jetson), an
+    mdrn-edge FP32 ONNX file: then the FP16 ONNX and the engine are built from it and checked against it.
+    """
     require("onnx", "export")
     from mdrn_edge.data.normalize import Normalizer
     from mdrn_edge.engines.tensorrt import Profile
     from mdrn_edge.export.checks import check_pairs, fp16_psnr_drop, torch_parity
-    from mdrn_edge.export.onnx import convert_fp16, export_onnx, model_info_from_checkpoint
-    from mdrn_edge.fileio import file_sha256
-    from mdrn_edge.models.checkpoint import load_model
+    from mdrn_edge.export.fp16 import convert_fp16, copy_onnx, load_onnx_info
     from mdrn_edge.samples import sample_files
-    from mdrn_edge.weights import resolve_model
 
     quiet = as_json
     profile = Profile.parse(min_shape, opt_shape, max_shape)  # validate everything before writing anything
-    path = resolve_model(model, ".pt")
-    net, ckpt = load_model(path)
-    if ckpt["arch"] == "bicubic":
-        raise InputError(f"{model}: bicubic has no weights to export")
-    info = model_info_from_checkpoint(ckpt, file_sha256(path))
-    pairs = check_pairs(check_data or sample_files(), info.scale, Normalizer.from_dict(info.normalizer))
+    path = _source(model)
     output = Path(output)
-    stage, artifacts, result = _stage_dir(output), [], {"model": str(model), "engine": None}
+    net = None
+    if path.suffix == ".onnx":
+        info = load_onnx_info(path)
+    else:
+        require("torch", "export")
+        from mdrn_edge.export.onnx import export_onnx, model_info_from_checkpoint
+        from mdrn_edge.fileio import file_sha256
+        from mdrn_edge.models.checkpoint import load_model
+
+        net, ckpt = load_model(path)
+        if ckpt["arch"] == "bicubic":
+            raise InputError(f"{model}: bicubic has no weights to export")
+        info = model_info_from_checkpoint(ckpt, file_sha256(path))
+    stage = _stage_dir(output)
+    artifacts, result = [], {"model": str(model), "engine": None}
     try:
-        _step(f"ONNX FP32 (opset {opset})", quiet)
-        onnx32 = export_onnx(net, info, stage / f"{info.name}.onnx", opset)
-        onnx32.checks.update(torch_parity(net, onnx32.path, pairs))
+        pairs = check_pairs(check_data or sample_files(), info.scale, Normalizer.from_dict(info.normalizer))
+        if net is None:
+            _step("ONNX FP32 (given: checked, not re-exported)", quiet)
+            onnx32 = copy_onnx(path, stage / f"{info.name}.onnx")
+        else:
+            _step(f"ONNX FP32 (opset {opset})", quiet)
+            onnx32 = export_onnx(net, info, stage / f"{info.name}.onnx", opset)
+            onnx32.checks.update(torch_parity(net, onnx32.path, pairs))
         artifacts.append(onnx32)
         if fp16:
             _step("ONNX FP16 (CCA statistics kept in FP32)", quiet)
@@ -95,12 +121,13 @@ def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape,
         if art.path:
             art.path = output / art.path.name
     by_format = {a.format: a for a in artifacts}
+    fp16_checks = by_format["onnx_fp16"].checks if "onnx_fp16" in by_format else {}
     result.update({
         "onnx": str(by_format["onnx"].path),
         "onnx_fp16": str(by_format["onnx_fp16"].path) if "onnx_fp16" in by_format else None,
-        "max_abs_err": by_format["onnx"].checks["max_abs_err"],
-        "fp16_psnr_drop_db": by_format["onnx_fp16"].checks["fp16_psnr_drop_db"] if "onnx_fp16" in by_format else None,
-        "fp16_provider": by_format["onnx_fp16"].checks["provider"] if "onnx_fp16" in by_format else None,
+        "max_abs_err": by_format["onnx"].checks.get("max_abs_err"),
+        "fp16_psnr_drop_db": fp16_checks.get("fp16_psnr_drop_db"),
+        "fp16_provider": fp16_checks.get("provider"),
         "engine": str(engine_art.path) if engine_art.path else None,
         "engine_skipped_reason": engine_art.skipped,
         "artifacts": [a.to_dict() for a in artifacts],
@@ -116,7 +143,7 @@ def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape,
 def _engine(engine, onnx32, onnx16, stage, info, fp16, profile, workspace, timing_cache, version_compatible, opt_level,
             pairs, max_psnr_drop, quiet):
     """Build and check the engine where TensorRT and a GPU are present; otherwise a skipped artifact with why."""
-    from mdrn_edge.export.onnx import Artifact
+    from mdrn_edge.export.artifact import Artifact
     from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason
 
     precision = "fp16" if fp16 else "fp32"

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from mdrn_edge.data import read_volume
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import MdrnError
 from mdrn_edge.evaluate import EvalPairs, make_pairs, score
+from mdrn_edge.export.artifact import onnx_predict
 
 PARITY_TOLERANCE = 1e-4
 
@@ -34,9 +33,9 @@ def check_pairs(inputs: Sequence[str | Path], scale: int, normalizer: Normalizer
     return [make_pairs(hr, scale), make_pairs(hr[:, y : y + ch, x : x + cw] + 0, scale)]
 
 
-def torch_parity(model: nn.Module, onnx_path: Path, pairs: list[EvalPairs], provider: str = "CPUExecutionProvider") -> dict[str, Any]:
+def torch_parity(model, onnx_path: Path, pairs: list[EvalPairs], provider: str = "CPUExecutionProvider") -> dict[str, Any]:
     """Max abs difference between ONNX Runtime and PyTorch FP32 on the LR slices of every size."""
-    from mdrn_edge.export.onnx import onnx_predict
+    import torch
 
     model = model.float().eval()
     errors, sizes = [], []
@@ -63,8 +62,6 @@ def mean_psnr(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
 def fp16_psnr_drop(fp32_path: Path, fp16_path: Path, pairs: list[EvalPairs], scale: int, max_drop: float,
                    providers: list[str] | None = None) -> dict[str, Any]:
     """PSNR (against HR) of the FP32 graph minus that of the FP16 graph, both run by ONNX Runtime."""
-    from mdrn_edge.export.onnx import onnx_predict
-
     p32, p16, errs, provider = [], [], [], None
     for p in pairs:
         batch = p.lr[:, None]
@@ -84,7 +81,6 @@ def fp16_psnr_drop(fp32_path: Path, fp16_path: Path, pairs: list[EvalPairs], sca
 
 def engine_check(fp32_onnx: Path, engine: Path, pairs: list[EvalPairs], scale: int, max_drop: float) -> dict[str, Any]:
     """A built engine against ONNX Runtime FP32 on the same real slices: max abs error and PSNR drop."""
-    from mdrn_edge.export.onnx import onnx_predict
     from mdrn_edge.runtime.tensorrt import TensorRTRunner
 
     p32, pe, errs = [], [], []

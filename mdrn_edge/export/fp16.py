@@ -1,0 +1,68 @@
+"""FP16 ONNX from an FP32 one, with CCA's statistics kept in FP32 (onnx + onnxconverter-common, no torch)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from mdrn_edge.errors import ModelFileError, first_line, require
+from mdrn_edge.export.artifact import Artifact, read_metadata, set_metadata
+from mdrn_edge.fileio import atomic_path
+from mdrn_edge.modelinfo import CCA_STAT_PATTERN
+
+
+def cca_stat_nodes(model_proto) -> list[str]:
+    """Names of the nodes computing CCA's per-channel mean and std (and their constants)."""
+    return [n.name for n in model_proto.graph.node if CCA_STAT_PATTERN.search(n.name)]
+
+
+def convert_fp16(fp32_path: Path, path: Path, keep_io_types: bool = True) -> Artifact:
+    """FP16 weights and compute, FP32 inputs/outputs by default, CCA statistics kept in FP32."""
+    onnx = require("onnx", "export")
+    float16 = require("onnxconverter_common.float16", "export")
+    from onnxconverter_common import __version__ as occ_version
+
+    t0 = time.perf_counter()
+    proto = onnx.load(str(fp32_path))
+    info = read_metadata(proto, str(fp32_path))
+    fp32_nodes = cca_stat_nodes(proto)
+    try:
+        with warnings.catch_warnings():  # "number will be truncated": expected for FP16 weights, measured below
+            warnings.simplefilter("ignore", UserWarning)
+            half = float16.convert_float_to_float16(proto, keep_io_types=keep_io_types, node_block_list=fp32_nodes)
+    except Exception as exc:
+        raise ModelFileError(f"{fp32_path}: FP16 conversion failed ({first_line(exc)})") from None
+    set_metadata(half, replace(info, precision="fp16"))
+    with atomic_path(path) as tmp:
+        onnx.checker.check_model(half, full_check=True)
+        onnx.save(half, str(tmp))
+    checks = {"onnx_checker": True, "fp32_nodes": len(fp32_nodes), "keep_io_types": keep_io_types,
+              "onnxconverter_common_version": occ_version}
+    return Artifact("onnx_fp16", Path(path), "fp16", checks, time.perf_counter() - t0)
+
+
+def load_onnx_info(source: Path):
+    """Check an existing mdrn-edge FP32 ONNX and read what it carries (for building on a device without torch)."""
+    onnx = require("onnx", "export")
+    try:
+        proto = onnx.load(str(source))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ModelFileError(f"{source}: not a valid ONNX model ({first_line(exc)})") from None
+    info = read_metadata(proto, str(source))
+    if info.precision != "fp32":
+        raise ModelFileError(f"{source}: is a {info.precision} model; give the FP32 ONNX (the FP16 one is derived from it)")
+    return info
+
+
+def copy_onnx(source: Path, path: Path) -> Artifact:
+    """Use an existing, checked FP32 ONNX as the export's FP32 model."""
+    t0 = time.perf_counter()
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+    checks = {"onnx_checker": True, "source": str(source),
+              "torch_parity": "not re-run here (no PyTorch); it was checked when this ONNX was exported"}
+    return Artifact("onnx", Path(path), "fp32", checks, time.perf_counter() - t0)
