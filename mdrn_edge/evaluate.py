@@ -58,15 +58,18 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
     return psnr(sr, hr, border), ssim(sr, hr, border)
 
 
-def evaluate(predict: Predictor | None, pairs: EvalPairs, scale: int, progress: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Per-slice scores of ``predict`` (None: bicubic itself) and of bicubic, with the paired test between them."""
+def evaluate(predict: Predictor | None, pairs: EvalPairs | list[EvalPairs], scale: int,
+             progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Per-slice scores of ``predict`` (None: bicubic itself) and of bicubic, with the paired test between them;
+    ``pairs`` may hold several volumes (slices of different sizes)."""
     model_scores, bicubic_scores = [], []
-    for lr, hr in zip(pairs.lr, pairs.hr):
-        bic = upscale(lr, scale, pairs.kernel)
-        bicubic_scores.append(score(bic, hr, scale))
-        model_scores.append(score(predict(lr) if predict else bic, hr, scale))
-        if progress:
-            progress()
+    for group in pairs if isinstance(pairs, list) else [pairs]:
+        for lr, hr in zip(group.lr, group.hr):
+            bic = upscale(lr, scale, group.kernel)
+            bicubic_scores.append(score(bic, hr, scale))
+            model_scores.append(score(predict(lr) if predict else bic, hr, scale))
+            if progress:
+                progress()
     m, b = np.asarray(model_scores), np.asarray(bicubic_scores)
     test = paired_test(m[:, 0], b[:, 0]) if len(m) > 1 else None
     return {

@@ -44,3 +44,11 @@ def test_cli_bad_input_is_one_line_and_nonzero_exit(tmp_path, case):
 def test_unknown_model_name_lists_the_shipped_ones():
     res = run("eval", mr_small(), "--scale", "4", "--model", "mdrn-x5")
     assert res.exit_code != 0 and "shipped .pt models" in res.output
+
+
+@pytest.mark.parametrize("args", [[], ["summary"], ["eval"], ["sample"], ["train"], ["export"], ["infer"], ["bench"]])
+def test_every_command_has_complete_help(args):
+    res = run(*args, "--help")
+    assert res.exit_code == 0 and "Usage:" in res.output
+    options = [line for line in res.output.splitlines() if line.strip().startswith("--")]
+    assert all(len(line.strip().split(None, 1)) == 2 or line.strip().endswith("]") for line in options if "--help" not in line)

@@ -262,3 +262,23 @@ def test_bad_model_files(tmp_path, model, expected):
 def test_scale_disagreeing_with_the_model_is_refused(tmp_path):
     res = infer(mr_small(), "--output", tmp_path / "out", "--model", "mdrn-x4", "--scale", "2")
     assert res.exit_code != 0 and ("x4 model" in res.output or "shipped" in res.output)
+
+
+from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason  # noqa: E402
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(bool(tensorrt_unavailable_reason()), reason=f"TensorRT engine cannot run here: {tensorrt_unavailable_reason()}")
+def test_infer_on_a_native_tensorrt_engine_matches_onnx_runtime(tmp_path):
+    from mdrn_edge.cli.export import command as export_cli
+
+    res = CliRunner().invoke(export_cli, ["mdrn-x4", "--fp16", "--engine", "--output", str(tmp_path / "e"), "--json"])
+    assert res.exit_code == 0, res.output
+    engine = json.loads(res.output)["engine"]
+    src = make_series(tmp_path / "in", 2)
+    res = infer(src, "--output", tmp_path / "trt", "--model", engine, "--json")
+    assert res.exit_code == 0, res.output and json.loads(res.output)["backend"] == "tensorrt"
+    assert infer(src, "--output", tmp_path / "ort", "--json").exit_code == 0
+    for a, b in zip(sorted((tmp_path / "trt").glob("*.dcm")), sorted((tmp_path / "ort").glob("*.dcm"))):
+        diff = np.abs(pydicom.dcmread(a).pixel_array.astype(float) - pydicom.dcmread(b).pixel_array)
+        assert diff.mean() < 2.0  # stored units; FP16 engine against FP32 ONNX Runtime

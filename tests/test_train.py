@@ -116,3 +116,32 @@ def test_ddp_two_cpu_processes_with_gloo_train_and_resume(tmp_path, data):
     assert second.returncode == 0, second.stderr[-2000:]
     assert load_checkpoint(out / "last.pt")["iteration"] == 6
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("arch", ["edsr", "rfdn"])
+def test_baselines_train_with_the_same_trainer(tmp_path, data, arch):
+    train_dir, val = data
+    res = CliRunner().invoke(train_cli, ["--data", train_dir, "--val", val, "--output", tmp_path / arch, "--arch", arch,
+                                         *TINY[:2], "--patch", "64", *TINY[4:10], "--iterations", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    model, ckpt = load_model(tmp_path / arch / "last.pt")
+    assert ckpt["arch"] == arch and type(model).__name__ == arch.upper()
+
+
+def test_training_reads_several_series_of_different_sizes(tmp_path):
+    """A researcher's own data: several patients' series (here two series, 64 and 48 pixels) and a NIfTI volume."""
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    a = make_series(tmp_path / "p1", 2)
+    b = make_series(tmp_path / "p2", 2, size=48)
+    arr = pydicom.dcmread(mr_small()).pixel_array.astype(np.float32)
+    nib.save(nib.Nifti1Image(np.stack([arr, arr[::-1]], axis=2), np.eye(4)), tmp_path / "p3.nii.gz")
+    res = CliRunner().invoke(train_cli, ["--data", a, "--data", b, "--data", tmp_path / "p3.nii.gz", "--val", b, "--val", mr_small(),
+                                         "--output", tmp_path / "r", *TINY])
+    assert res.exit_code == 0, res.output
+    from mdrn_edge.train.trainer import read_log
+
+    val = [r for r in read_log(tmp_path / "r") if "val_psnr" in r]
+    assert val and np.isfinite(val[-1]["val_psnr"])

@@ -15,11 +15,13 @@ UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 
 
 def list_dicom_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively, hidden files skipped) and keep files; a missing path is an error."""
+    """Expand folders (recursively; hidden files and DICOMDIR indexes skipped) and keep files; a missing path is
+    an error."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files += sorted(p for p in item.rglob("*")
+                            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR")
         elif item.is_file():
             files.append(item)
         else:

@@ -15,42 +15,57 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import degrade
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
+from mdrn_edge.fileio import atomic_path
 
 FOREGROUND_LEVEL = 0.05  # normalised intensity above which a pixel counts as tissue
 MIN_FOREGROUND = 0.25  # a patch with less tissue than this is "almost all background" and redrawn
 MAX_REDRAWS = 10
 
 
-def load_slices(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path | None = None) -> np.ndarray:
-    """Normalised float32 ``(N, H, W)`` slices of one series (or NIfTI volume), cached by input and normaliser."""
+def read_volumes(inputs: Sequence[str]) -> list:
+    """Every volume in the inputs: each NIfTI file, and each DICOM series found in the other paths."""
+    from mdrn_edge.data.dicom import read_dicom_study
+    from mdrn_edge.data.nifti import is_nifti, read_nifti
+
+    nifti = [read_nifti(p) for p in inputs if is_nifti(p)]
+    dicom = [p for p in inputs if not is_nifti(p)]
+    return nifti + (read_dicom_study(dicom) if dicom else [])
+
+
+def load_volumes(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path | None = None) -> list[np.ndarray]:
+    """Normalised float32 ``(N, H, W)`` arrays, one per series or volume (each normalised on its own), cached
+    as ``.npy`` by input list and normaliser so that later epochs and resumed runs never re-parse DICOM."""
     key = hashlib.sha256(json.dumps([sorted(map(str, inputs)), normalizer.to_dict()]).encode()).hexdigest()[:16]
-    cached = cache_dir / f"slices-{key}.npy" if cache_dir else None
-    if cached and cached.exists():
-        return np.load(cached, mmap_mode="r")
-    volume = read_volume(inputs)
-    slices = normalizer.fit(volume.data).normalize(volume.data)
-    if cached:
+    index = cache_dir / f"volumes-{key}.json" if cache_dir else None
+    if index and index.exists():
+        return [np.load(cache_dir / name, mmap_mode="r") for name in json.loads(index.read_text())]
+    arrays = [normalizer.fit(v.data).normalize(v.data) for v in read_volumes(inputs)]
+    if index:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, slices)
-        tmp.replace(cached)
-    return slices
+        names = [f"volume-{key}-{k}.npy" for k in range(len(arrays))]
+        for name, arr in zip(names, arrays):
+            with atomic_path(cache_dir / name) as tmp:
+                np.save(tmp, arr)
+        with atomic_path(index) as tmp:
+            tmp.write_text(json.dumps(names))
+    return arrays
 
 
 class PatchDataset(Dataset):
     """Random HR crops with flips and 90-degree rotations; LR made by the shared bicubic degradation."""
 
-    def __init__(self, slices: np.ndarray, scale: int, patch: int = 192, repeat: int = 16, seed: int = 0) -> None:
+    def __init__(self, volumes: Sequence[np.ndarray], scale: int, patch: int = 192, repeat: int = 16, seed: int = 0) -> None:
         if patch % scale:
             raise InputError(f"HR patch {patch} is not a multiple of scale {scale}; choose e.g. --patch {patch - patch % scale}")
-        if min(slices.shape[-2:]) < patch:
-            raise InputError(
-                f"slices of {slices.shape[-2]}x{slices.shape[-1]} are smaller than the HR patch {patch}; lower --patch"
-            )
+        slices = [sl for vol in volumes for sl in vol]
+        if not slices:
+            raise InputError("no training slices found in --data; give DICOM series folders/files or NIfTI volumes")
+        small = min(min(sl.shape) for sl in slices)
+        if small < patch:
+            raise InputError(f"some slices are only {small} pixels wide, smaller than the HR patch {patch}; lower --patch")
         self.slices, self.scale, self.patch, self.repeat, self.seed = slices, scale, patch, repeat, seed
         self.epoch = 0
 

@@ -26,7 +26,7 @@ from mdrn_edge.errors import InputError, ModelFileError
 from mdrn_edge.evaluate import evaluate, make_pairs
 from mdrn_edge.models import build_model, model_config
 from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, torch_predictor
-from mdrn_edge.train.dataset import PatchDataset, load_slices
+from mdrn_edge.train.dataset import PatchDataset, load_volumes
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,15 @@ class Trainer:
             raise InputError(f"batch size {cfg.batch_size} does not split over {self.world} processes; make it a multiple")
         self.normalizer = Normalizer.from_dict(cfg.normalizer)
         cache = self.run_dir / "cache"
-        self.dataset = PatchDataset(load_slices(data, self.normalizer, cache), cfg.scale, cfg.patch, cfg.repeat, cfg.seed)
-        val_slices = load_slices(val, self.normalizer, cache)[: cfg.val_max_slices]
-        self.val_pairs = make_pairs(val_slices, cfg.scale)
+        self.dataset = PatchDataset(load_volumes(data, self.normalizer, cache), cfg.scale, cfg.patch, cfg.repeat, cfg.seed)
+        val_volumes = load_volumes(val, self.normalizer, cache)
+        if cfg.val_max_slices:  # the first N slices over all dev volumes
+            budget, kept = cfg.val_max_slices, []
+            for vol in val_volumes:
+                kept.append(vol[:budget])
+                budget -= len(kept[-1])
+            val_volumes = [v for v in kept if len(v)]
+        self.val_pairs = [make_pairs(vol, cfg.scale) for vol in val_volumes]
         self.sampler = DistributedSampler(self.dataset, self.world, self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.local_batch = cfg.batch_size // self.world
         self.iters_per_epoch = len(self.sampler) // self.local_batch
