@@ -41,8 +41,9 @@ def available_memory() -> int:
 
 
 def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: int | None, budget: int) -> int:
-    """Slices (or tiles) per call: small ones batched (measured: no gain beyond 256x256 LR pixels per call on a
-    CPU), within the memory budget; a slice that cannot fit without --tile is refused with the hint."""
+    """Slices (or tiles) per call: small slices batched (measured: no gain beyond 256x256 LR pixels per call on a
+    CPU), tiles one at a time (tiling is for bounding memory), both within the memory budget; a slice that cannot
+    fit without --tile is refused with the hint."""
     h, w = (min(tile, shape[0]), min(tile, shape[1])) if tile else shape
     per_item = activation_bytes(runner, h * w)
     if per_item > budget:
@@ -50,7 +51,8 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
         raise InputError(f"a {shape[0]}x{shape[1]} slice needs about {per_item / 2**30:.1f} GiB to infer whole, "
                          f"more than the {budget / 2**30:.1f} GiB available; {hint}")
     fit = max(1, budget // per_item)
-    return int(min(batch or max(1, min(8, BATCH_PIXELS // (h * w))), fit))
+    default = 1 if tile else max(1, min(8, BATCH_PIXELS // (h * w)))
+    return int(min(batch or default, fit))
 
 
 def super_resolve(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
