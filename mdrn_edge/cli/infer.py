@@ -12,6 +12,7 @@ import numpy as np
 
 from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
 from mdrn_edge.errors import InputError
+from mdrn_edge.runtime import BACKENDS
 
 
 def _series_folder_name(index: int, volume) -> str:
@@ -25,7 +26,7 @@ def _series_folder_name(index: int, volume) -> str:
 @click.option("--output", "-o", required=True, type=click.Path(), help="New folder (DICOM) or .nii/.nii.gz file (NIfTI) to write.")
 @click.option("--model", help="An .onnx or .engine file, or a shipped name (mdrn-x2, mdrn-x4, mdrn-x8)  [default: mdrn-x{scale}].")
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Pick the shipped model for this scale (the model file carries its scale)  [default: 4].")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="ONNX Runtime device; auto tries CUDA, then CPU.")
 @click.option("--trt-ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first.")
 @click.option("--tile", type=int, help="Infer in tiles of TxT LR pixels (memory bounded by the tile).")
