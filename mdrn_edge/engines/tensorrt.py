@@ -80,9 +80,12 @@ def import_builder():
 def pin_cca_to_fp32(trt, network) -> list[str]:
     """Run CCA's statistics layers in FP32 inside an FP16 engine (needs OBEY_PRECISION_CONSTRAINTS)."""
     pinned = []
+    floats = (trt.float32, trt.float16)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if CCA_STAT_PATTERN.search(layer.name):
+        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
+        # only floating-point layers: the parser may add integer shape layers under the same name scope
+        if CCA_STAT_PATTERN.search(layer.name) and all(t.dtype in floats for t in outputs):
             layer.precision = trt.float32
             for k in range(layer.num_outputs):
                 layer.set_output_type(k, trt.float32)
