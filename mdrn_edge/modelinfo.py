@@ -15,8 +15,9 @@ from mdrn_edge.errors import ModelFileError
 METADATA_KEY = "mdrn_edge"
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 # CCA's per-channel mean/variance/sqrt chain (and its constants): FP16-unsafe hand-written reductions, kept in
-# FP32 in the FP16 ONNX and pinned to FP32 in TensorRT engines. Node names come from the module path ``.attn``.
-CCA_STAT_PATTERN = re.compile(r"/attn/(ReduceMean|Sub|Pow|Add|Sqrt|Constant)(_\d+)?$")
+# FP32 in the FP16 ONNX and pinned to FP32 in TensorRT engines. Node names come from the module path ``.attn``;
+# TensorRT's ONNX parser names layers after the node, appending ``_N`` for every extra layer of one node.
+CCA_STAT_PATTERN = re.compile(r"/attn/(ReduceMean|Sub|Pow|Add|Sqrt|Constant)(_\d+)*$")
 
 
 @dataclass(frozen=True)
