@@ -83,16 +83,19 @@ def test_resume_refuses_a_foreign_checkpoint(tmp_path):
     assert res.exit_code != 0 and "not a loadable" in res.output
 
 
-def test_ctrl_c_saves_last_and_exits_cleanly(tmp_path, data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_last_and_exits_cleanly(tmp_path, data, sig):
     train_dir, val = data
     cmd = [sys.executable, "-m", "mdrn_edge.cli.train", "--data", str(train_dir), "--val", str(val), "--output",
            str(tmp_path / "r"), *TINY[:8], "--iterations", "100000", "--save-every", "1000", "--no-progress", "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # started as a background job would be: SIGINT ignored on entry, as a non-interactive shell's "&" leaves it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     log = tmp_path / "r" / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and "val_psnr" in log.read_text()):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out)["status"] == "interrupted"

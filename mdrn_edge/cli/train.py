@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import click
 
 from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
 from mdrn_edge.errors import InputError, require
+
+
+def _stop_cleanly_on_signals() -> None:
+    """Ctrl-C and SIGTERM (schedulers, ``kill``) save ``last.pt`` and exit cleanly; a job started in the
+    background by a non-interactive shell inherits SIGINT as ignored, so the handler is installed explicitly."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _load_config(path: str | None) -> dict:
@@ -50,6 +62,8 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
             normalizer, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
+    Ctrl-C or SIGTERM saves last.pt and stops; --resume continues exactly.
+
     Multi-GPU or multi-node: launch the same command with
     ``torchrun --nproc_per_node N -m mdrn_edge.cli.train ...``.
     """
@@ -88,6 +102,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
         raise InputError(f"{config_file}: {exc}; see TrainConfig for the valid fields") from None
     if threads:
         torch.set_num_threads(threads)
+    _stop_cleanly_on_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     trainer = Trainer(cfg, data, val, run_dir, device=device, init_from=init_from, resume=resume)
     with progress_bar(cfg.iterations, f"{cfg.arch} x{cfg.scale}", progress and trainer.rank == 0, trainer.iteration) as bar:
