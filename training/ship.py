@@ -137,7 +137,9 @@ signed-rank test of per-slice PSNR, model vs bicubic.
 
 ## Limits
 Far from the paper's 200 x 20,000 iterations on an RTX 3090: these runs are short CPU trainings (see the recipe
-table). The runs are resumable (`mdrn-train --output training/mdrn-x4 --resume`); reaching the paper's gains needs
+table). On the `paper` protocol the models score *below* bicubic: they were trained on the antialiased
+degradation (closer to a real low-resolution acquisition), and LR made without antialiasing is aliased, a
+different input distribution. Numbers comparable with the paper's need models trained on its degradation. The runs are resumable (`mdrn-train --output training/mdrn-x4 --resume`); reaching the paper's gains needs
 on the order of 10^5 iterations, about a day on one modern GPU.
 """
 
