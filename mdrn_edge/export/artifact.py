@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
 
 
@@ -44,11 +42,3 @@ def set_metadata(model_proto, info: ModelInfo) -> None:
     del model_proto.metadata_props[:]
     entry = model_proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
-
-
-def onnx_predict(path: Path, batch: np.ndarray, providers: list[str] | None = None) -> tuple[np.ndarray, str]:
-    """Run an ONNX file on an ``N x 1 x H x W`` float32 batch; returns the output and the provider that ran it."""
-    from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
-
-    with OnnxRuntimeRunner(path, providers=providers) as runner:
-        return runner.infer(batch), runner.provider

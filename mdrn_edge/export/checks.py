@@ -11,7 +11,7 @@ from mdrn_edge.data import read_volume
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import MdrnError
 from mdrn_edge.evaluate import EvalPairs, make_pairs, score
-from mdrn_edge.export.artifact import onnx_predict
+from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
 
 PARITY_TOLERANCE = 1e-4
 
@@ -39,13 +39,13 @@ def torch_parity(model, onnx_path: Path, pairs: list[EvalPairs], provider: str =
 
     model = model.float().eval()
     errors, sizes = [], []
-    for p in pairs:
-        batch = p.lr[:, None]
-        with torch.no_grad():
-            ref = model(torch.from_numpy(batch)).numpy()
-        out, _ = onnx_predict(onnx_path, batch, [provider])
-        errors.append(float(np.abs(out - ref).max()))
-        sizes.append(list(batch.shape[-2:]))
+    with OnnxRuntimeRunner(onnx_path, providers=[provider]) as runner:
+        for p in pairs:
+            batch = p.lr[:, None]
+            with torch.no_grad():
+                ref = model(torch.from_numpy(batch)).numpy()
+            errors.append(float(np.abs(runner.infer(batch) - ref).max()))
+            sizes.append(list(batch.shape[-2:]))
     worst = max(errors)
     result = {"max_abs_err": worst, "per_size_max_abs_err": errors, "lr_sizes": sizes, "n_slices": int(len(pairs[0].lr)),
               "tolerance": PARITY_TOLERANCE, "provider": provider}
@@ -62,14 +62,15 @@ def mean_psnr(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
 def fp16_psnr_drop(fp32_path: Path, fp16_path: Path, pairs: list[EvalPairs], scale: int, max_drop: float,
                    providers: list[str] | None = None) -> dict[str, Any]:
     """PSNR (against HR) of the FP32 graph minus that of the FP16 graph, both run by ONNX Runtime."""
-    p32, p16, errs, provider = [], [], [], None
-    for p in pairs:
-        batch = p.lr[:, None]
-        out32, _ = onnx_predict(fp32_path, batch, providers)
-        out16, provider = onnx_predict(fp16_path, batch, providers)
-        p32.append(mean_psnr(out32[:, 0], p.hr, scale))
-        p16.append(mean_psnr(out16[:, 0], p.hr, scale))
-        errs.append(float(np.abs(out16 - out32).max()))
+    p32, p16, errs = [], [], []
+    with OnnxRuntimeRunner(fp32_path, providers=providers) as r32, OnnxRuntimeRunner(fp16_path, providers=providers) as r16:
+        for p in pairs:
+            batch = p.lr[:, None]
+            out32, out16 = r32.infer(batch), r16.infer(batch)
+            p32.append(mean_psnr(out32[:, 0], p.hr, scale))
+            p16.append(mean_psnr(out16[:, 0], p.hr, scale))
+            errs.append(float(np.abs(out16 - out32).max()))
+        provider = r16.provider
     drop = float(np.mean(p32) - np.mean(p16))
     result = {"fp16_psnr_drop_db": drop, "fp32_psnr": float(np.mean(p32)), "fp16_psnr": float(np.mean(p16)),
               "fp16_max_abs_err_vs_fp32": max(errs), "max_psnr_drop": max_drop, "provider": provider}
@@ -84,10 +85,10 @@ def engine_check(fp32_onnx: Path, engine: Path, pairs: list[EvalPairs], scale: i
     from mdrn_edge.runtime.tensorrt import TensorRTRunner
 
     p32, pe, errs = [], [], []
-    with TensorRTRunner(engine) as runner:
+    with TensorRTRunner(engine) as runner, OnnxRuntimeRunner(fp32_onnx) as onnx_runner:
         for p in pairs:
             batch = p.lr[:, None]
-            ref, _ = onnx_predict(fp32_onnx, batch)
+            ref = onnx_runner.infer(batch)
             out = np.concatenate([runner.infer(batch[i : i + 1]) for i in range(len(batch))])
             errs.append(float(np.abs(out - ref).max()))
             p32.append(mean_psnr(ref[:, 0], p.hr, scale))
