@@ -277,7 +277,8 @@ def test_infer_on_a_native_tensorrt_engine_matches_onnx_runtime(tmp_path):
     engine = json.loads(res.output)["engine"]
     src = make_series(tmp_path / "in", 2)
     res = infer(src, "--output", tmp_path / "trt", "--model", engine, "--json")
-    assert res.exit_code == 0, res.output and json.loads(res.output)["backend"] == "tensorrt"
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["backend"] == "tensorrt"
     assert infer(src, "--output", tmp_path / "ort", "--json").exit_code == 0
     for a, b in zip(sorted((tmp_path / "trt").glob("*.dcm")), sorted((tmp_path / "ort").glob("*.dcm"))):
         diff = np.abs(pydicom.dcmread(a).pixel_array.astype(float) - pydicom.dcmread(b).pixel_array)
