@@ -20,6 +20,7 @@ from mdrn_edge.errors import InputError
 from mdrn_edge.metrics import paired_test, psnr, ssim
 
 PROTOCOLS = ("antialiased", "paper")
+KERNELS = {"antialiased": "matlab", "paper": "torch"}  # the degradation kernel of each protocol
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # LR (H, W) in [0, 1] -> SR (sH, sW)
 
@@ -39,17 +40,24 @@ def make_pairs(hr: np.ndarray, scale: int, kernel: str = "matlab") -> EvalPairs:
     return EvalPairs(degrade(hr, scale, kernel), hr, kernel)
 
 
-def prepare_pairs(volume: Volume, scale: int, protocol: str, normalizer: Normalizer) -> EvalPairs:
-    """HR slices (cropped to a multiple of ``scale``) in [0, 1]-ish units and their degraded LR."""
+def normalize_for(data: np.ndarray, protocol: str, normalizer: Normalizer) -> np.ndarray:
+    """``(N, H, W)`` stored intensities in the protocol's [0, 1] units: per-slice min-max for ``paper``, the
+    model's normaliser fitted to the volume for ``antialiased``. Training and evaluation share it, so a model
+    trained on a protocol sees exactly the inputs that protocol scores."""
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if protocol == "paper":
+        lo = data.min(axis=(-2, -1), keepdims=True)
+        span = np.maximum(data.max(axis=(-2, -1), keepdims=True) - lo, 1e-12)
+        return ((data - lo) / span).astype(np.float32)
+    return normalizer.fit(data).normalize(data)
+
+
+def prepare_pairs(volume: Volume, scale: int, protocol: str, normalizer: Normalizer) -> EvalPairs:
+    """HR slices (cropped to a multiple of ``scale``) in [0, 1]-ish units and their degraded LR."""
     if min(volume.data.shape[-2:]) < 2 * scale:
         raise InputError(f"{volume.sources[0]}: {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small for x{scale}")
-    if protocol == "paper":
-        lo = volume.data.min(axis=(1, 2), keepdims=True)
-        span = np.maximum(volume.data.max(axis=(1, 2), keepdims=True) - lo, 1e-12)
-        return make_pairs((volume.data - lo) / span, scale, "torch")
-    return make_pairs(normalizer.fit(volume.data).normalize(volume.data), scale, "matlab")
+    return make_pairs(normalize_for(volume.data, protocol, normalizer), scale, KERNELS[protocol])
 
 
 def score(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:

@@ -148,3 +148,19 @@ def test_training_reads_several_series_of_different_sizes(tmp_path):
 
     val = [r for r in read_log(tmp_path / "r") if "val_psnr" in r]
     assert val and np.isfinite(val[-1]["val_psnr"])
+
+
+@pytest.mark.parametrize("protocol", ["antialiased", "paper"])
+def test_training_validates_on_the_pairs_mdrn_eval_scores_for_its_protocol(tmp_path, data, protocol):
+    """A run trained on a protocol's degradation reports the bicubic reference ``mdrn eval --protocol`` reports:
+    the training patches, the dev pairs and the evaluation share one normalisation and one kernel."""
+    from mdrn_edge.cli.main import main as cli
+    from mdrn_edge.train.trainer import read_log
+
+    train(tmp_path / "r", data, "--protocol", protocol)
+    logged = [r for r in read_log(tmp_path / "r") if "bicubic_psnr" in r][-1]
+    res = CliRunner().invoke(cli, ["eval", str(data[1]), "--scale", "4", "--model", "bicubic", "--protocol", protocol,
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    assert logged["bicubic_psnr"] == pytest.approx(json.loads(res.output)["bicubic_psnr"], abs=1e-6)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["train_config"]["protocol"] == protocol

@@ -47,6 +47,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--save-every", type=int, help="Write last.pt every N iterations  [default: 100].")
 @click.option("--val-max-slices", type=int, help="Validate on the first N dev slices only.")
 @click.option("--normalizer", type=click.Choice(["percentile", "fixed"]), help="percentile: per-volume 99.5th percentile -> 1 (any scanner); fixed: the paper's clip/divide by 2000  [default: percentile].")
+@click.option("--protocol", type=click.Choice(["antialiased", "paper"]), help="Degradation of the training and dev pairs: antialiased (MATLAB imresize, the model's normaliser) or paper (per-slice min-max, bicubic without antialiasing; for comparisons with the paper's numbers)  [default: antialiased].")
 @click.option("--seed", type=int, help="Seed of the patch sampler  [default: 0].")
 @click.option("--data-licence", help="Licence/attribution of the training data, recorded in the checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a checkpoint's matching tensors (fine-tune another scale).")
@@ -59,7 +60,7 @@ def _load_config(path: str | None) -> dict:
 @json_option
 @user_errors
 def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
-            normalizer, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
+            normalizer, protocol, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
     Ctrl-C or SIGTERM saves last.pt and stops; --resume continues exactly.
@@ -93,7 +94,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
     overrides = {
         "scale": int(scale) if scale else None, "arch": arch, "iterations": iterations, "batch_size": batch_size,
         "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
-        "seed": seed, "data_licence": data_licence,
+        "seed": seed, "data_licence": data_licence, "protocol": protocol,
         "normalizer": (Normalizer.paper() if normalizer == "fixed" else Normalizer()).to_dict() if normalizer else None,
     }
     try:

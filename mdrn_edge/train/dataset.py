@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from mdrn_edge.data.degradation import degrade
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
+from mdrn_edge.evaluate import normalize_for
 from mdrn_edge.fileio import atomic_path
 
 FOREGROUND_LEVEL = 0.05  # normalised intensity above which a pixel counts as tissue
@@ -35,14 +36,16 @@ def read_volumes(inputs: Sequence[str]) -> list:
     return nifti + (read_dicom_study(dicom) if dicom else [])
 
 
-def load_volumes(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path | None = None) -> list[np.ndarray]:
-    """Normalised float32 ``(N, H, W)`` arrays, one per series or volume (each normalised on its own), cached
-    as ``.npy`` by input list and normaliser so that later epochs and resumed runs never re-parse DICOM."""
-    key = hashlib.sha256(json.dumps([sorted(map(str, inputs)), normalizer.to_dict()]).encode()).hexdigest()[:16]
+def load_volumes(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path | None = None,
+                 protocol: str = "antialiased") -> list[np.ndarray]:
+    """Normalised float32 ``(N, H, W)`` arrays, one per series or volume (each normalised on its own, as the
+    protocol prescribes), cached as ``.npy`` by input list, normaliser and protocol so that later epochs and
+    resumed runs never re-parse DICOM."""
+    key = hashlib.sha256(json.dumps([sorted(map(str, inputs)), normalizer.to_dict(), protocol]).encode()).hexdigest()[:16]
     index = cache_dir / f"volumes-{key}.json" if cache_dir else None
     if index and index.exists():
         return [np.load(cache_dir / name, mmap_mode="r") for name in json.loads(index.read_text())]
-    arrays = [normalizer.fit(v.data).normalize(v.data) for v in read_volumes(inputs)]
+    arrays = [normalize_for(v.data, protocol, normalizer) for v in read_volumes(inputs)]
     if index:
         cache_dir.mkdir(parents=True, exist_ok=True)
         names = [f"volume-{key}-{k}.npy" for k in range(len(arrays))]
@@ -55,9 +58,11 @@ def load_volumes(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path 
 
 
 class PatchDataset(Dataset):
-    """Random HR crops with flips and 90-degree rotations; LR made by the shared bicubic degradation."""
+    """Random HR crops with flips and 90-degree rotations; LR made by the shared bicubic degradation
+    (``kernel``: ``matlab`` antialiased, or the paper protocol's ``torch`` kernel)."""
 
-    def __init__(self, volumes: Sequence[np.ndarray], scale: int, patch: int = 192, repeat: int = 16, seed: int = 0) -> None:
+    def __init__(self, volumes: Sequence[np.ndarray], scale: int, patch: int = 192, repeat: int = 16, seed: int = 0,
+                 kernel: str = "matlab") -> None:
         if patch % scale:
             raise InputError(f"HR patch {patch} is not a multiple of scale {scale}; choose e.g. --patch {patch - patch % scale}")
         slices = [sl for vol in volumes for sl in vol]
@@ -67,6 +72,7 @@ class PatchDataset(Dataset):
         if small < patch:
             raise InputError(f"some slices are only {small} pixels wide, smaller than the HR patch {patch}; lower --patch")
         self.slices, self.scale, self.patch, self.repeat, self.seed = slices, scale, patch, repeat, seed
+        self.kernel = kernel
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -91,6 +97,6 @@ class PatchDataset(Dataset):
         if rng.integers(2):
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(hr, dtype=np.float32)
-        lr = degrade(hr, self.scale)
+        lr = degrade(hr, self.scale, self.kernel)
         return torch.from_numpy(lr)[None], torch.from_numpy(hr)[None]
 

@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 import mdrn_edge
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError, ModelFileError
-from mdrn_edge.evaluate import evaluate, make_pairs
+from mdrn_edge.evaluate import KERNELS, evaluate, make_pairs
 from mdrn_edge.models import build_model, model_config
 from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, torch_predictor
 from mdrn_edge.train.dataset import PatchDataset, load_volumes
@@ -51,6 +51,7 @@ class TrainConfig:
     repeat: int = 16  # patches drawn per slice per epoch
     val_max_slices: int | None = None
     normalizer: dict[str, Any] = field(default_factory=lambda: Normalizer().to_dict())
+    protocol: str = "antialiased"  # degradation and normalisation of the patches and dev pairs (spec sec. 4)
     model: dict[str, Any] = field(default_factory=dict)  # architecture overrides (ablation switches)
     data_licence: str = "unknown"
 
@@ -119,15 +120,17 @@ class Trainer:
             raise InputError(f"batch size {cfg.batch_size} does not split over {self.world} processes; make it a multiple")
         self.normalizer = Normalizer.from_dict(cfg.normalizer)
         cache = self.run_dir / "cache"
-        self.dataset = PatchDataset(load_volumes(data, self.normalizer, cache), cfg.scale, cfg.patch, cfg.repeat, cfg.seed)
-        val_volumes = load_volumes(val, self.normalizer, cache)
+        volumes = load_volumes(data, self.normalizer, cache, cfg.protocol)  # refuses an unknown protocol
+        kernel = KERNELS[cfg.protocol]
+        self.dataset = PatchDataset(volumes, cfg.scale, cfg.patch, cfg.repeat, cfg.seed, kernel)
+        val_volumes = load_volumes(val, self.normalizer, cache, cfg.protocol)
         if cfg.val_max_slices:  # the first N slices over all dev volumes
             budget, kept = cfg.val_max_slices, []
             for vol in val_volumes:
                 kept.append(vol[:budget])
                 budget -= len(kept[-1])
             val_volumes = [v for v in kept if len(v)]
-        self.val_pairs = [make_pairs(vol, cfg.scale) for vol in val_volumes]
+        self.val_pairs = [make_pairs(vol, cfg.scale, kernel) for vol in val_volumes]
         self.sampler = DistributedSampler(self.dataset, self.world, self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.local_batch = cfg.batch_size // self.world
         self.iters_per_epoch = len(self.sampler) // self.local_batch
