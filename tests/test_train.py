@@ -49,6 +49,7 @@ def test_checkpoints_load_weights_only_and_hold_what_the_card_needs(tmp_path, da
             assert key in ckpt
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert {"optimizer", "rng"} <= set(ckpt) and ckpt["provenance"]["torch"] == torch.__version__
+    assert "1 of" in ckpt["provenance"]["device"]  # the CPU and the threads it trained with (--threads 1)
     model, _ = load_model(tmp_path / "run" / "best.pt")
     assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

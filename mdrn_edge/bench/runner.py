@@ -20,6 +20,7 @@ from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import degrade, imresize
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.evaluate import score
+from mdrn_edge.hardware import cpu_model
 from mdrn_edge.metrics import psnr
 
 # name -> how to run it; the CLI, the availability checks and the report all read this one table
@@ -88,11 +89,10 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model()}
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (OSError, StopIteration, ValueError):
+    except (OSError, ValueError):
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

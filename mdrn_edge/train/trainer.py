@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import mdrn_edge
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError, ModelFileError
 from mdrn_edge.evaluate import KERNELS, evaluate, make_pairs
+from mdrn_edge.hardware import device_name
 from mdrn_edge.models import build_model, model_config
 from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, torch_predictor
 from mdrn_edge.train.dataset import PatchDataset, load_volumes
@@ -150,7 +150,7 @@ class Trainer:
             "data_licence": cfg.data_licence,
             "mdrn_edge": mdrn_edge.__version__,
             "torch": str(torch.__version__),
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu",
+            "device": device_name(self.device),
             "world_size": self.world,
             "init_from": str(init_from) if init_from else None,
         }
