@@ -199,11 +199,19 @@ trained on, never used to pick a checkpoint), show what the same weights do wher
 {gen}
 
 ## Limits
-Far from the paper's 200 x 20,000 iterations on an RTX 3090: these runs are short CPU trainings (see the recipe
-table). On the `paper` protocol the models score *below* bicubic: they were trained on the antialiased
-degradation (closer to a real low-resolution acquisition), and LR made without antialiasing is aliased, a
-different input distribution. Numbers comparable with the paper's need models trained on its degradation. The runs are resumable (`mdrn-train --output training/mdrn-x4 --resume`); reaching the paper's gains needs
-on the order of 10^5 iterations, about a day on one modern GPU.
+- Far from the paper's training, which ran 200 x 20,000 iterations (48 h on an RTX 3090) on many patients: these
+  are short CPU runs on one patient's 90 slices (see the recipe table).
+- The dev gain is limited by the dev slices as much as by training: they lie at the top of the head (table
+  above). MDRN, EDSR-baseline and RFDN trained here by the same trainer level off at about the same x4 dev gain
+  within about a thousand iterations, while the same weights gain much more on the held-out slices through the
+  middle of the head: [benchmarks/results/x4-dev-comparison/](../../benchmarks/results/x4-dev-comparison/README.md).
+- On the `paper` protocol the shipped models score *below* bicubic: they were trained on the antialiased
+  degradation (closer to a real low-resolution acquisition), and LR made without antialiasing is aliased, a
+  different input distribution. `mdrn-train --protocol paper` trains on the paper's protocol itself; such a run
+  (fine-tuned from mdrn-x4) is in the comparison above, beside the paper's gain.
+- What would reach the paper's gains: its data and schedule, many patients (the VS-SEG collection has 242) and
+  on the order of 10^6 iterations, about two days on one GPU. The runs are resumable
+  (`mdrn-train --output training/mdrn-x4 --resume`) and fine-tunes record what they started from.
 """
 
 
