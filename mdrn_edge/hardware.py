@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_model() -> str:
@@ -15,7 +19,7 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def device_name(device) -> str:
+def device_name(device: "torch.device") -> str:
     """A torch device in words: the GPU's name, or the CPU's with the threads torch uses on it."""
     import torch
 

@@ -11,7 +11,6 @@ README.md (the table).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def compare(runs: list[Path]) -> list[dict]:
                **{p: summary(r) for p, r in scores.items()}}
         if first is None:
             first = (row["run"], scores)
-        elif first[1][protocol]["n_slices"] == scores[protocol]["n_slices"]:
+        else:
             test = paired_test(scores[protocol]["per_slice_psnr"], first[1][protocol]["per_slice_psnr"])
             row["vs_first"] = {"against": first[0], "protocol": protocol, "mean_diff_db": test.mean_diff,
                                "p_value": test.wilcoxon_p}
