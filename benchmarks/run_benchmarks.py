@@ -31,12 +31,11 @@ def child_peak_rss(code: str) -> float:
 def tiled_memory(slice_file: Path, workdir: Path) -> dict:
     """Peak RSS of mdrn-infer on one 512 x 512 slice at x4, tiled (128, default overlap) and whole."""
     figures = {}
-    for label, extra in (("tiled_128", ["--tile", "128"]), ("whole", [])):
+    for label, tile in (("tiled_128", 128), ("whole", None)):
         out = workdir / f"infer-{label}"
-        args = [str(slice_file), "--output", str(out), "--overwrite", "--no-progress", "--json", *extra]
         figures[label] = child_peak_rss(
-            "from mdrn_edge.cli.infer import command\n"
-            f"command({args!r}, standalone_mode=False)")
+            "from mdrn_edge.runtime import super_resolve\n"
+            f"super_resolve([{str(slice_file)!r}], {str(out)!r}, overwrite=True, tile={tile!r})")
     return {"input": str(slice_file), "lr_size": 512, "scale": 4, "output_size": 2048,
             "peak_rss_mb": figures, "target_mb": TILED_TARGET_MB, "pass": figures["tiled_128"] < TILED_TARGET_MB}
 

@@ -9,20 +9,19 @@ paper's bicubic row; use it for comparisons with the paper's numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from mdrn_edge.data import Volume
-from mdrn_edge.data.degradation import crop_to_multiple, degrade, upscale
+from mdrn_edge.data.degradation import crop_to_multiple, degrade_with, rician_noise, upscale
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
 from mdrn_edge.metrics import paired_test, psnr, ssim
+from mdrn_edge.modelinfo import PROTOCOLS
+from mdrn_edge.runtime.base import Runner
 
-PROTOCOLS = ("antialiased", "paper")
 KERNELS = {"antialiased": "matlab", "paper": "torch"}  # the degradation kernel of each protocol
-
-Predictor = Callable[[np.ndarray], np.ndarray]  # LR (H, W) in [0, 1] -> SR (sH, sW)
 
 
 @dataclass
@@ -32,32 +31,38 @@ class EvalPairs:
     kernel: str
 
 
-def make_pairs(hr: np.ndarray, scale: int, kernel: str = "matlab") -> EvalPairs:
-    """Pairs from normalised HR slices: HR cropped to a multiple of ``scale``, LR by the shared degradation."""
+def make_pairs(hr: np.ndarray, scale: int, kernel: str = "matlab", method: str = "bicubic", window: str = "none",
+               lr_noise: float = 0.0, seed: int = 0) -> EvalPairs:
+    """Pairs from normalised HR slices: HR cropped to a multiple of ``scale``, LR by the shared degradation
+    (bicubic with ``kernel``, or k-space truncation), plus Rician noise of standard deviation ``lr_noise`` drawn
+    from ``seed`` so that every model and bicubic see the very same noisy LR."""
     if min(hr.shape[-2:]) < 2 * scale:
         raise InputError(f"{hr.shape[-2]}x{hr.shape[-1]} slices are too small for x{scale}")
     hr = crop_to_multiple(np.asarray(hr, dtype=np.float32), scale)
-    return EvalPairs(degrade(hr, scale, kernel), hr, kernel)
+    lr = rician_noise(degrade_with(hr, scale, method, kernel, window), lr_noise, np.random.default_rng(seed))
+    return EvalPairs(lr, hr, kernel)
+
+
+def protocol_normalizer(protocol: str, normalizer: Normalizer) -> Normalizer:
+    """The normaliser a protocol scores with: per-slice min-max for ``paper``, the model's own otherwise."""
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    return Normalizer.minmax() if protocol == "paper" else normalizer
 
 
 def normalize_for(data: np.ndarray, protocol: str, normalizer: Normalizer) -> np.ndarray:
-    """``(N, H, W)`` stored intensities in the protocol's [0, 1] units: per-slice min-max for ``paper``, the
-    model's normaliser fitted to the volume for ``antialiased``. Training and evaluation share it, so a model
-    trained on a protocol sees exactly the inputs that protocol scores."""
-    if protocol not in PROTOCOLS:
-        raise InputError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if protocol == "paper":
-        lo = data.min(axis=(-2, -1), keepdims=True)
-        span = np.maximum(data.max(axis=(-2, -1), keepdims=True) - lo, 1e-12)
-        return ((data - lo) / span).astype(np.float32)
-    return normalizer.fit(data).normalize(data)
+    """``(N, H, W)`` stored intensities in the protocol's [0, 1] units. Training and evaluation share it, so a
+    model trained on a protocol sees exactly the inputs that protocol scores."""
+    return protocol_normalizer(protocol, normalizer).fit(data).normalize(data)
 
 
-def prepare_pairs(volume: Volume, scale: int, protocol: str, normalizer: Normalizer) -> EvalPairs:
+def prepare_pairs(volume: Volume, scale: int, protocol: str, normalizer: Normalizer, method: str = "bicubic",
+                  window: str = "none", lr_noise: float = 0.0, seed: int = 0) -> EvalPairs:
     """HR slices (cropped to a multiple of ``scale``) in [0, 1]-ish units and their degraded LR."""
     if min(volume.data.shape[-2:]) < 2 * scale:
         raise InputError(f"{volume.sources[0]}: {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small for x{scale}")
-    return make_pairs(normalize_for(volume.data, protocol, normalizer), scale, KERNELS[protocol])
+    return make_pairs(normalize_for(volume.data, protocol, normalizer), scale, KERNELS[protocol], method, window,
+                      lr_noise, seed)
 
 
 def score(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
@@ -66,16 +71,21 @@ def score(sr: np.ndarray, hr: np.ndarray, border: int) -> tuple[float, float]:
     return psnr(sr, hr, border), ssim(sr, hr, border)
 
 
-def evaluate(predict: Predictor | None, pairs: EvalPairs | list[EvalPairs], scale: int,
+def predict(runner: Runner, lr: np.ndarray) -> np.ndarray:
+    """SR of ``(N, H, W)`` LR slices, one call per slice (every runner's profile admits batch 1)."""
+    return np.concatenate([runner.infer(lr[i : i + 1, None])[:, 0] for i in range(len(lr))])
+
+
+def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: int,
              progress: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Per-slice scores of ``predict`` (None: bicubic itself) and of bicubic, with the paired test between them;
-    ``pairs`` may hold several volumes (slices of different sizes)."""
+    """Per-slice scores of an active ``runner`` (None: bicubic itself) and of bicubic, with the paired test
+    between them; ``pairs`` may hold several volumes (slices of different sizes)."""
     model_scores, bicubic_scores = [], []
     for group in pairs if isinstance(pairs, list) else [pairs]:
         for lr, hr in zip(group.lr, group.hr):
             bic = upscale(lr, scale, group.kernel)
             bicubic_scores.append(score(bic, hr, scale))
-            model_scores.append(score(predict(lr) if predict else bic, hr, scale))
+            model_scores.append(score(predict(runner, lr[None])[0] if runner else bic, hr, scale))
             if progress:
                 progress()
     m, b = np.asarray(model_scores), np.asarray(bicubic_scores)
@@ -93,3 +103,17 @@ def evaluate(predict: Predictor | None, pairs: EvalPairs | list[EvalPairs], scal
         "per_slice_psnr": [float(v) for v in m[:, 0]],
         "per_slice_bicubic_psnr": [float(v) for v in b[:, 0]],
     }
+
+
+def compare(runners: Sequence[Runner], pairs: list[EvalPairs], scale: int) -> list[dict[str, Any]]:
+    """Run active runners in turn on the same LR slices (after Polygraphy's comparator). For each: mean PSNR
+    against HR, and the largest absolute difference from the first runner (the reference), per pair group (one
+    group per slice size) and overall."""
+    outputs = [[predict(r, p.lr) for p in pairs] for r in runners]
+    results = []
+    for runner, outs in zip(runners, outputs):
+        psnrs = [float(np.mean([score(o, h, scale)[0] for o, h in zip(out, p.hr)])) for out, p in zip(outs, pairs)]
+        errors = [float(np.abs(out - ref).max()) for out, ref in zip(outs, outputs[0])]
+        results.append({"runner": runner.describe(), "psnr": float(np.mean(psnrs)), "per_size_psnr": psnrs,
+                        "max_abs_err": max(errors), "per_size_max_abs_err": errors})
+    return results

@@ -94,8 +94,8 @@ def test_bad_input_is_refused_with_one_clear_line(tmp_path, case):
 
 
 def test_fixed_normaliser_is_the_papers_clip_and_divide():
-    n = Normalizer.paper()
     x = np.array([-5, 0, 1000, 2000, 2500], np.float32)
+    n = Normalizer.paper().fit(x)
     assert np.allclose(n.normalize(x), [0, 0, 0.5, 1, 1])
     inside = np.array([0, 123.5, 1999], np.float32)
     assert np.allclose(n.denormalize(n.normalize(inside)), inside)
@@ -104,11 +104,20 @@ def test_fixed_normaliser_is_the_papers_clip_and_divide():
 def test_percentile_normaliser_fits_inverts_exactly_and_round_trips():
     vol = np.random.default_rng(0).gamma(2, 300, (4, 32, 32)).astype(np.float32)
     n = Normalizer().fit(vol)
-    assert n.max_value == pytest.approx(np.percentile(vol, 99.5))
+    assert float(n.scale) == pytest.approx(np.percentile(vol, 99.5))
     assert np.allclose(n.denormalize(n.normalize(vol)), vol, rtol=1e-6)
-    assert Normalizer.from_dict(n.to_dict()) == n
-    with pytest.raises(ValueError, match="not been fitted"):
-        Normalizer().normalize(vol)
+    assert Normalizer.from_dict(Normalizer().to_dict()) == Normalizer()
+    with pytest.raises(ValueError, match="unknown normaliser keys"):
+        Normalizer.from_dict({**Normalizer().to_dict(), "gain": 2})
+
+
+def test_minmax_normaliser_is_per_slice_and_inverts_chunk_by_chunk():
+    vol = np.stack([np.linspace(-100, 300, 64).reshape(8, 8), np.linspace(5, 7, 64).reshape(8, 8)]).astype(np.float32)
+    n = Normalizer.minmax().fit(vol)
+    x = n.normalize(vol)
+    assert np.allclose(x.min(axis=(1, 2)), 0) and np.allclose(x.max(axis=(1, 2)), 1)
+    assert np.allclose(n.denormalize(x[1:], first=1), vol[1:], atol=1e-4)  # the second slice alone
+    assert np.allclose(n.denormalize(x), vol, atol=1e-4)
 
 
 def test_percentile_normaliser_maps_different_scanners_to_the_same_range():

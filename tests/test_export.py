@@ -16,7 +16,8 @@ from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import imresize
 from mdrn_edge.errors import ModelFileError
 from mdrn_edge.fileio import file_sha256
-from mdrn_edge.modelinfo import CCA_STAT_PATTERN, METADATA_KEY, ModelInfo
+from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
+from mdrn_edge.models.mdrn import MDRN
 from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
 from mdrn_edge.runtime.sidecar import check_compatible
 from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason
@@ -55,7 +56,7 @@ def test_onnx_has_dynamic_axes_checker_passes_and_carries_metadata(exported, ckp
     dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]
     info = ModelInfo.from_json({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-    assert info.scale == 4 and info.arch == "mdrn" and info.normalizer["mode"] == "percentile"
+    assert info.scale == 4 and info.arch == "mdrn" and info.normalizer.mode == "percentile"
     assert info.checkpoint_sha256 == file_sha256(ckpt)
     assert info.config["num_feat"] == 56 and info.mdrn_edge_version and "torch" in info.provenance
 
@@ -63,7 +64,7 @@ def test_onnx_has_dynamic_axes_checker_passes_and_carries_metadata(exported, ckp
 def test_fp16_graph_keeps_cca_statistics_in_fp32(exported):
     _, result = exported
     model = onnx.load(result["onnx_fp16"])
-    stats = [n for n in model.graph.node if CCA_STAT_PATTERN.search(n.name)]
+    stats = [n for n in model.graph.node if re.search(MDRN.FP32_LAYERS, n.name)]
     assert len(stats) == 8 * 9  # 8 blocks x (2 ReduceMean, Sub, Pow, 2 Add, Sqrt, 2 Constant)
     fp16_inits = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
     assert fp16_inits, "weights should be FP16"

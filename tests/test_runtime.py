@@ -15,7 +15,7 @@ from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import crop_to_multiple, degrade
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.metrics import psnr
-from mdrn_edge.runtime import create_runner, resolve_model_file
+from mdrn_edge.runtime import create_runner, resolve_model_file, super_resolve
 from mdrn_edge.runtime.tiling import blend_weights, plan_tiles, ramp, run_tiled
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # importing torch now raises ImportError\n"
@@ -29,13 +29,13 @@ def test_runtime_import_and_onnx_inference_do_not_import_torch():
     code = f"""
 import sys, numpy as np
 import mdrn_edge.runtime
-from mdrn_edge.runtime import create_runner, resolve_model_file
-from mdrn_edge.runtime.pipeline import super_resolve
+from mdrn_edge.runtime import create_runner, resolve_model_file, super_resolve
+from mdrn_edge.runtime.pipeline import super_resolve_volume
 from mdrn_edge.data import read_volume
 import mdrn_edge.runtime.tensorrt, mdrn_edge.runtime.pacs, mdrn_edge.data.writers, mdrn_edge.cli.infer
 vol = read_volume([{str(mr_small())!r}])
 with create_runner(resolve_model_file(None, 4)) as r:
-    out = np.concatenate([sr for _, sr in super_resolve(vol, r)])
+    out = np.concatenate([sr for _, sr in super_resolve_volume(vol, r)])
 assert out.shape == (1, 256, 256), out.shape
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'scipy', 'matplotlib'))
 print(heavy)
@@ -92,10 +92,10 @@ def test_tiled_matches_whole_slice_on_a_real_1024_slice():
     """MR2_UNCR (1024 x 1024 T1, pydicom-data) at x4: LR 256 x 256 in 3 x 3 tiles of 160 with the default overlap."""
     vol = read_volume([get_testdata_file("MR2_UNCR.dcm")])
     with create_runner(resolve_model_file("mdrn-x4", None)) as runner:
-        hr = Normalizer.from_dict(runner.info.normalizer).fit(vol.data).normalize(crop_to_multiple(vol.data, 4))[0]
+        hr = runner.info.normalizer.fit(vol.data).normalize(crop_to_multiple(vol.data, 4))[0]
         lr = degrade(hr, 4)
         whole = runner.infer(lr[None, None])[0, 0]
-        overlap = runner.info.receptive_field()
+        overlap = runner.info.receptive_field
         assert overlap == 71 and len(plan_tiles(256, 256, 160, overlap)) == 9
         tiled = run_tiled(runner.infer, lr, 4, tile=160, overlap=overlap)
     clip = lambda a: np.clip(a, 0, 1)  # noqa: E731

@@ -45,12 +45,12 @@ def test_checkpoints_load_weights_only_and_hold_what_the_card_needs(tmp_path, da
     train(tmp_path / "run", data)
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(tmp_path / "run" / name, weights_only=True)  # no pickled objects: safe to load
-        for key in ("state_dict", "config", "scale", "normalizer", "iteration", "metrics", "provenance"):
+        for key in ("state_dict", "config", "scale", "model_info", "iteration", "metrics", "provenance"):
             assert key in ckpt
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert {"optimizer", "rng"} <= set(ckpt) and ckpt["provenance"]["torch"] == torch.__version__
     assert "1 of" in ckpt["provenance"]["device"]  # the CPU and the threads it trained with (--threads 1)
-    model, _ = load_model(tmp_path / "run" / "best.pt")
+    model, _, _ = load_model(tmp_path / "run" / "best.pt")
     assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("val_psnr" in r and "bicubic_psnr" in r for r in log)
@@ -128,7 +128,7 @@ def test_baselines_train_with_the_same_trainer(tmp_path, data, arch):
     res = CliRunner().invoke(train_cli, ["--data", train_dir, "--val", val, "--output", tmp_path / arch, "--arch", arch,
                                          *TINY[:2], "--patch", "64", *TINY[4:10], "--iterations", "2", "--no-progress"])
     assert res.exit_code == 0, res.output
-    model, ckpt = load_model(tmp_path / arch / "last.pt")
+    model, ckpt, info = load_model(tmp_path / arch / "last.pt")
     assert ckpt["arch"] == arch and type(model).__name__ == arch.upper()
 
 

@@ -30,14 +30,15 @@ WEIGHTS = ROOT / "mdrn_edge" / "weights"
 def score_files(model, ckpt: dict, files: list, protocols: tuple[str, ...] = ("antialiased", "paper")) -> dict:
     """Model vs bicubic on ``files`` under each protocol (spec sec. 4), per-slice PSNRs kept for paired tests."""
     from mdrn_edge.data import read_volume
-    from mdrn_edge.data.normalize import Normalizer
     from mdrn_edge.evaluate import evaluate, prepare_pairs
-    from mdrn_edge.models.checkpoint import torch_predictor
+    from mdrn_edge.models.checkpoint import checkpoint_info
+    from mdrn_edge.models.runner import TorchRunner
 
     volume = read_volume(files)
-    normalizer = Normalizer.from_dict(ckpt["normalizer"])
-    return {protocol: evaluate(torch_predictor(model), prepare_pairs(volume, ckpt["scale"], protocol, normalizer),
-                               ckpt["scale"]) for protocol in protocols}
+    info = checkpoint_info(ckpt, model)
+    with TorchRunner.from_model(model, info) as runner:
+        return {protocol: evaluate(runner, prepare_pairs(volume, info.scale, protocol, info.normalizer), info.scale)
+                for protocol in protocols}
 
 
 def summary(result: dict) -> dict:
@@ -83,15 +84,24 @@ def describe(ckpt: dict, source: Path) -> dict:
             "init_from": ckpt["provenance"].get("init_from"), "lineage": lineage(ckpt)}
 
 
-def ship(run_dir: Path) -> dict:
-    from mdrn_edge.export.onnx import export_onnx, model_info_from_checkpoint
-    from mdrn_edge.fileio import file_sha256
-    from mdrn_edge.models.checkpoint import atomic_save
+def package(model, ckpt: dict, name: str) -> None:
+    """Write ``<name>.pt`` (slim, today's format, with its model info) and ``<name>.onnx`` into the package."""
+    from dataclasses import replace
 
+    from mdrn_edge.export.onnx import export_onnx
+    from mdrn_edge.fileio import file_sha256
+    from mdrn_edge.models.checkpoint import FORMAT_VERSION, atomic_save, checkpoint_info
+
+    info = checkpoint_info(ckpt, model, name)
+    stored = replace(info, provenance={}, checkpoint_sha256="")
+    pt = atomic_save({**ckpt, "format_version": FORMAT_VERSION, "model_info": stored.to_dict()}, WEIGHTS / f"{name}.pt")
+    export_onnx(model, replace(info, checkpoint_sha256=file_sha256(pt)), WEIGHTS / f"{name}.onnx")
+
+
+def ship(run_dir: Path) -> dict:
     model, ckpt, source = load_run(run_dir)
     name = f"{ckpt['arch']}-x{ckpt['scale']}"
-    pt = atomic_save(ckpt, WEIGHTS / f"{name}.pt")
-    export_onnx(model, model_info_from_checkpoint(ckpt, file_sha256(pt)), WEIGHTS / f"{name}.onnx")
+    package(model, ckpt, name)
     dev = score_files(model, ckpt, DEV)
     record = {"name": name, **describe(ckpt, source), **{p: summary(r) for p, r in dev.items()}}
     record["dev_block_gains"] = block_gains(dev["antialiased"])

@@ -157,27 +157,26 @@ def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def prepare_models(model: str, work: Path, names: Sequence[str]) -> tuple[dict[str, Path], Any]:
-    """The checkpoint, its FP32/FP16 ONNX and, where TensorRT runs, its engines, all from the same weights."""
-    from mdrn_edge.export.fp16 import convert_fp16
-    from mdrn_edge.export.onnx import export_onnx, model_info_from_checkpoint
-    from mdrn_edge.fileio import file_sha256
-    from mdrn_edge.models.checkpoint import load_model
+def prepare_models(cfg: BenchConfig, work: Path, names: Sequence[str]) -> tuple[dict[str, Path], Any]:
+    """The checkpoint, its FP32/FP16 ONNX and, where TensorRT runs, its engines, all from the same weights and
+    through :func:`mdrn_edge.export.export` with its checks; engine profiles cover the benchmark's shapes."""
+    from mdrn_edge.engines.tensorrt import Profile
+    from mdrn_edge.export import ExportConfig, export
     from mdrn_edge.weights import resolve_model
 
-    ckpt_path = resolve_model(model, ".pt")
-    net, ckpt = load_model(ckpt_path)
-    info = model_info_from_checkpoint(ckpt, file_sha256(ckpt_path))
-    files = {"torch": ckpt_path, "onnx-fp32": export_onnx(net, info, work / "model.onnx").path}
-    files["onnx-fp16"] = convert_fp16(files["onnx-fp32"], work / "model.fp16.onnx").path
+    ckpt_path = resolve_model(cfg.model, ".pt")
+    side = max(cfg.sizes)
+    profile = Profile.parse(f"1x1x{min(cfg.sizes)}x{min(cfg.sizes)}", f"1x1x{side}x{side}", f"{max(cfg.batches)}x1x{side}x{side}")
+    check = {"check_data": tuple(cfg.data), "profile": profile}
+    onnx = {a.format: a.path for a in export(ckpt_path, work, ExportConfig(fp16=True, engine=False, **check))}
+    files = {"torch": ckpt_path, "onnx-fp32": onnx["onnx"], "onnx-fp16": onnx["onnx_fp16"]}
     if any(BACKENDS[n]["backend"] == "tensorrt" for n in names):
-        from mdrn_edge.engines.tensorrt import Profile, build_engine
-
-        profile = Profile.parse("1x1x16x16", "1x1x256x256", "8x1x512x512")
         for precision in ("fp32", "fp16"):
-            files[f"engine-{precision}"], _ = build_engine(files["onnx-fp32"], files["onnx-fp16"],
-                                                           work / f"model.{precision}.engine", precision == "fp16", profile)
-    return files, info
+            built = export(ckpt_path, work / precision, ExportConfig(fp16=precision == "fp16", engine=True, **check))
+            files[f"engine-{precision}"] = next(a.path for a in built if a.format == "engine")
+    from mdrn_edge.export.fp16 import load_onnx_info
+
+    return files, load_onnx_info(files["onnx-fp32"])
 
 
 def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path:
@@ -198,9 +197,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mdrn-bench-") as tmp:
         work = Path(tmp)
-        files, info = prepare_models(cfg.model, work, runnable)
+        files, info = prepare_models(cfg, work, runnable)
         flops_per_pixel = count_flops(build_model(info.arch, info.scale, **{k: v for k, v in info.config.items() if k != "scale"}), 64) / 64**2
-        normalizer = Normalizer.from_dict(info.normalizer)
+        normalizer = info.normalizer
         peak = {"cpu": matmul_gflops("cpu")}
         if any(BACKENDS[n]["device"] == "cuda" for n in runnable):
             peak["cuda-fp32"], peak["cuda-fp16"] = matmul_gflops("cuda", "fp32"), matmul_gflops("cuda", "fp16")
@@ -245,7 +244,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
         "schema": "mdrn-edge-bench/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(), "versions": versions(),
-        "model": {"name": cfg.model, **{k: getattr(info, k) for k in ("arch", "scale", "normalizer", "checkpoint_sha256")}},
+        "model": {"name": cfg.model, **{k: info.to_dict()[k] for k in ("arch", "scale", "normalizer", "checkpoint_sha256")}},
         "data": [str(p) for p in cfg.data] or ["bundled sample: pydicom MR_small.dcm"],
         "settings": {"sizes": list(cfg.sizes), "batches": list(cfg.batches), "min_time_s": cfg.min_time,
                      "border_shaved": info.scale, "protocol": "antialiased"},

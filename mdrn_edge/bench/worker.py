@@ -11,36 +11,10 @@ import json
 import resource
 import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-
-def _torch_infer(spec: dict[str, Any]) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[], dict]]:
-    import torch
-
-    from mdrn_edge.models.checkpoint import load_model
-
-    device = torch.device(spec["device"])
-    model, _ = load_model(spec["model_file"])
-    dtype = torch.float16 if spec["precision"] == "fp16" else torch.float32
-    fmt = torch.channels_last if spec.get("channels_last") else torch.contiguous_format
-    model = model.to(device=device, dtype=dtype, memory_format=fmt)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def infer(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = torch.from_numpy(batch).to(device=device, dtype=dtype, memory_format=fmt)
-            y = model(x).float().cpu().numpy()  # .cpu() synchronises the stream
-        return y
-
-    def memory() -> dict:
-        if device.type != "cuda":
-            return {}
-        return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
-
-    return infer, memory
 
 
 def _nvml_used_mb() -> float | None:
@@ -54,18 +28,24 @@ def _nvml_used_mb() -> float | None:
         return None
 
 
-def _runtime_infer(spec: dict[str, Any]):
-    from mdrn_edge.runtime import create_runner
+def _runner(spec: dict[str, Any]):
+    """The spec's backend as an active runner, and a function reporting its provider and device memory."""
+    if spec["backend"] == "torch":
+        from mdrn_edge.models.runner import TorchRunner
 
-    from pathlib import Path
+        runner = TorchRunner(spec["model_file"], spec["device"], spec["precision"], spec.get("channels_last", False))
+    else:
+        from mdrn_edge.runtime import create_runner
 
-    before = _nvml_used_mb() if spec["device"] == "cuda" else None
-    runner = create_runner(Path(spec["model_file"]), spec["backend"], spec["device"], spec.get("tensorrt_ep", False))
+        runner = create_runner(Path(spec["model_file"]), spec["backend"], spec["device"], spec.get("tensorrt_ep", False))
+    before = _nvml_used_mb() if spec["device"] == "cuda" and spec["backend"] == "onnxruntime" else None
     runner.activate()
 
     def memory() -> dict:
         out: dict[str, Any] = {"provider": runner.describe().get("provider")}
-        if spec["backend"] == "tensorrt":
+        if spec["backend"] == "torch" and runner.peak_gpu_bytes() is not None:
+            out["peak_gpu_mb"] = runner.peak_gpu_bytes() / 2**20
+        elif spec["backend"] == "tensorrt":
             out["peak_gpu_mb"] = runner.device_memory_bytes() / 2**20
         elif before is not None and (now := _nvml_used_mb()) is not None:
             out["peak_gpu_mb"] = now - before  # device memory used by this process (NVML)
@@ -86,7 +66,7 @@ def peak_rss_mb() -> float:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     lr = np.load(spec["input"])  # N x 1 x H x W
-    infer, memory = (_torch_infer if spec["backend"] == "torch" else _runtime_infer)(spec)
+    infer, memory = _runner(spec)
     out = infer(lr)
     first = time.time() - spec["spawned_at"]
     for _ in range(spec.get("warmup", 2)):

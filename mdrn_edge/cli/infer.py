@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
-import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
-from mdrn_edge.errors import InputError
 from mdrn_edge.runtime import BACKENDS
-
-
-def _series_folder_name(index: int, volume) -> str:
-    h = volume.headers[0]
-    text = f"{index:02d}_{h.get('SeriesNumber', '')}_{h.get('SeriesDescription', '')}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
 
 
 @click.command("infer", context_settings={"show_default": True})
@@ -46,69 +36,21 @@ def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap
     A folder with several series (a whole study) is handled series by series, each into its own folder under
     --output. Inputs are never modified; the output appears only once complete.
     """
-    from mdrn_edge.data.dicom import read_dicom_study
-    from mdrn_edge.data.nifti import is_nifti, read_nifti
-    from mdrn_edge.data.writers import DicomSeriesWriter, write_nifti
-    from mdrn_edge.fileio import atomic_path
-    from mdrn_edge.runtime import create_runner, resolve_model_file
-    from mdrn_edge.runtime.pacs import Destination, send_files
-    from mdrn_edge.runtime.pipeline import super_resolve
+    from mdrn_edge.runtime import super_resolve
 
-    t0 = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    dest = Destination.parse(send_to) if send_to else None
-    if tile is not None and tile < 8:
-        raise InputError(f"--tile {tile} is too small; use at least 64 (and more than --overlap)")
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; choose a new --output or pass --overwrite")
-    nifti = any(is_nifti(p) for p in inputs)
-    if nifti and (len(inputs) != 1 or not is_nifti(out)):
-        raise InputError("NIfTI input: give one .nii/.nii.gz file and an --output ending in .nii or .nii.gz")
-    if dest and nifti:
-        raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
-    path = resolve_model_file(model, int(scale) if scale else None)
-    runner = create_runner(path, backend, device, trt_ep, threads)
-    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs)
-    series, n_slices = [], 0
-    with runner:
-        if scale and int(scale) != runner.scale:
-            raise InputError(f"{path}: is a x{runner.scale} model but --scale is {scale}; drop --scale or pick a x{scale} model")
-        desc = runner.describe()
-        if not as_json:
-            tried = desc.get("providers_tried")
-            click.echo(f"model {runner.info.name} ({path.name}), backend {runner.backend}"
-                       + (f" on {desc['provider']} (order tried: {' -> '.join(tried)})" if tried else ""), err=True)
-        with atomic_path(out, directory=not nifti) as tmp:
-            for i, volume in enumerate(volumes):
-                folder = tmp / _series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
-                target = out if nifti else out / folder.relative_to(tmp)
-                with progress_bar(volume.n_slices, volume.description[:30] or "series", progress and not as_json) as bar:
-                    chunks = super_resolve(volume, runner, tile, overlap, batch, bar.update)
-                    if nifti:  # nibabel writes whole volumes
-                        write_nifti(volume, np.concatenate([sr for _, sr in chunks]), runner.scale, tmp, nifti_dtype)
-                        files = [out]
-                    else:
-                        folder.mkdir(exist_ok=True)
-                        writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name, runner.backend)
-                        for first, sr in chunks:
-                            writer.write(first, sr)
-                        files = writer.files
-                series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
-                               "files": len(files)})
-                n_slices += volume.n_slices
-    sent = 0
-    if dest:
-        for item in series:
-            sent += send_files(sorted(Path(item["output"]).glob("*.dcm")), dest)
-    result = {"output": str(out), "n_slices": n_slices, "backend": runner.backend, "provider": desc.get("provider"),
-              "model": runner.info.name, "scale": runner.scale, "seconds": round(time.perf_counter() - t0, 2),
-              "series": series, "tile": tile, "sent": sent if dest else None}
+    result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, backend=backend,
+                           device=device, tensorrt_ep=trt_ep, tile=tile, overlap=overlap, batch=batch, threads=threads,
+                           nifti_dtype=nifti_dtype, overwrite=overwrite, send_to=send_to,
+                           progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"wrote {n_slices} slices x{runner.scale} to {out} in {result['seconds']} s"
-                   + (f"; stored {sent} in {dest}" if dest else ""))
+        emit_json(result.to_dict())
+        return
+    tried = result.providers_tried
+    click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend}"
+               + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else ""), err=True)
+    click.echo(f"wrote {result.n_slices} slices x{result.scale} to {result.output} in {result.seconds} s"
+               + (f"; stored {result.sent} in {send_to}" if send_to else ""))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 import mdrn_edge
 from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
 from mdrn_edge.errors import InputError, require
+from mdrn_edge.models import available_models
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +19,7 @@ def main() -> None:
 
 
 @main.command(context_settings={"show_default": True})
-@click.option("--arch", type=click.Choice(["mdrn", "edsr", "rfdn", "bicubic"]), default="mdrn", help="Architecture.")
+@click.option("--arch", type=click.Choice(available_models()), default="mdrn", help="Architecture.")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", help="Upscaling factor.")
 @click.option("--size", type=int, default=256, help="LR input height and width for the FLOP count.")
 @json_option
@@ -50,25 +53,27 @@ def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, a
     """Per-slice PSNR/SSIM of a model and of bicubic on INPUTS (HR DICOM or NIfTI, degraded by bicubic)."""
     from mdrn_edge.data import read_volume
     from mdrn_edge.data.normalize import Normalizer
-    from mdrn_edge.evaluate import evaluate, prepare_pairs
+    from mdrn_edge.evaluate import evaluate, prepare_pairs, protocol_normalizer
     from mdrn_edge.weights import default_model_name
 
     s = int(scale)
     name = model_name or default_model_name(s)
-    predict, normalizer = None, Normalizer()
+    runner, normalizer = None, Normalizer()
     if name != "bicubic":
         require("torch", "train")
-        from mdrn_edge.models.checkpoint import load_model, torch_predictor
+        from mdrn_edge.models.runner import TorchRunner
+        from mdrn_edge.weights import resolve_model
 
-        model, ckpt = load_model(name)
-        if ckpt["scale"] != s:
-            raise InputError(f"{name}: is a x{ckpt['scale']} model but --scale is {s}; give a x{s} model")
-        predict, normalizer = torch_predictor(model), Normalizer.from_dict(ckpt["normalizer"])
-    volume = read_volume(inputs)
-    pairs = prepare_pairs(volume, s, protocol, normalizer)
-    with progress_bar(len(pairs.lr), "eval", progress and not as_json) as bar:
-        result = evaluate(predict, pairs, s, progress=lambda: bar.update(1))
-    norm = "per-slice min-max" if protocol == "paper" else normalizer.mode
+        runner = TorchRunner(resolve_model(name, ".pt"))
+    with runner or contextlib.nullcontext():
+        if runner:
+            if runner.scale != s:
+                raise InputError(f"{name}: is a x{runner.scale} model but --scale is {s}; give a x{s} model")
+            normalizer = runner.info.normalizer
+        pairs = prepare_pairs(read_volume(inputs), s, protocol, normalizer)
+        with progress_bar(len(pairs.lr), "eval", progress and not as_json) as bar:
+            result = evaluate(runner, pairs, s, progress=lambda: bar.update(1))
+    norm = protocol_normalizer(protocol, normalizer).mode
     result = {"model": name, "scale": s, "protocol": protocol, "normalizer": norm, **result}
     if not per_slice:
         result = {k: v for k, v in result.items() if not k.startswith("per_slice")}

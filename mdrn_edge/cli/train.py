@@ -11,6 +11,7 @@ import click
 
 from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
 from mdrn_edge.errors import InputError, require
+from mdrn_edge.models import available_models
 
 
 def _stop_cleanly_on_signals() -> None:
@@ -37,7 +38,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--data", multiple=True, help="Training DICOM folder/files or a NIfTI file (repeatable). Not needed with --resume.")
 @click.option("--val", multiple=True, help="Dev DICOM folder/files or NIfTI file for validation (repeatable).")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), help="Upscaling factor  [default: 4].")
-@click.option("--arch", type=click.Choice(["mdrn", "edsr", "rfdn"]), help="Architecture  [default: mdrn].")
+@click.option("--arch", type=click.Choice(available_models(trainable=True)), help="Architecture  [default: mdrn].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON file of TrainConfig fields (options override it).")
 @click.option("--iterations", type=int, help="Total iterations of the schedule  [default: 20000].")
 @click.option("--batch-size", type=int, help="Global batch size, split over DDP processes  [default: 16].")
@@ -46,8 +47,11 @@ def _load_config(path: str | None) -> dict:
 @click.option("--val-every", type=int, help="Validate every N iterations  [default: 500].")
 @click.option("--save-every", type=int, help="Write last.pt every N iterations  [default: 100].")
 @click.option("--val-max-slices", type=int, help="Validate on the first N dev slices only.")
-@click.option("--normalizer", type=click.Choice(["percentile", "fixed"]), help="percentile: per-volume 99.5th percentile -> 1 (any scanner); fixed: the paper's clip/divide by 2000  [default: percentile].")
+@click.option("--normalizer", type=click.Choice(["percentile", "fixed", "minmax"]), help="percentile: per-volume 99.5th percentile -> 1 (any scanner); fixed: the paper's clip/divide by 2000; minmax: per slice (what --protocol paper uses)  [default: percentile].")
 @click.option("--protocol", type=click.Choice(["antialiased", "paper"]), help="Degradation of the training and dev pairs: antialiased (MATLAB imresize, the model's normaliser) or paper (per-slice min-max, bicubic without antialiasing; for comparisons with the paper's numbers)  [default: antialiased].")
+@click.option("--degradation", type=click.Choice(["bicubic", "kspace"]), help="How training LR is made: bicubic (the protocol's kernel) or kspace (central k-space of the HR slice, as a low-resolution acquisition)  [default: bicubic].")
+@click.option("--apodization", type=click.Choice(["none", "hann", "hamming"]), help="k-space window of --degradation kspace  [default: none].")
+@click.option("--lr-noise", type=click.FloatRange(0, 0.5), help="Largest Rician noise standard deviation added to training LR (fraction of the normalised range 1.0), drawn per patch from [0, SIGMA]  [default: 0].")
 @click.option("--seed", type=int, help="Seed of the patch sampler  [default: 0].")
 @click.option("--data-licence", help="Licence/attribution of the training data, recorded in the checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a checkpoint's matching tensors (fine-tune another scale).")
@@ -60,7 +64,7 @@ def _load_config(path: str | None) -> dict:
 @json_option
 @user_errors
 def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
-            normalizer, protocol, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
+            normalizer, protocol, degradation, apodization, lr_noise, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
     Ctrl-C or SIGTERM saves last.pt and stops; --resume continues exactly.
@@ -91,11 +95,15 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
         base = _load_config(config_file)
     if not data or not val:
         raise InputError("give training data with --data and dev data with --val (DICOM folders/files or NIfTI)")
+    if protocol == "paper" and normalizer not in (None, "minmax"):
+        raise InputError(f"--protocol paper normalises each slice by its min-max; drop --normalizer {normalizer}")
+    chosen = {"fixed": Normalizer.paper(), "minmax": Normalizer.minmax(), "percentile": Normalizer()}.get(normalizer)
     overrides = {
         "scale": int(scale) if scale else None, "arch": arch, "iterations": iterations, "batch_size": batch_size,
         "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
-        "seed": seed, "data_licence": data_licence, "protocol": protocol,
-        "normalizer": (Normalizer.paper() if normalizer == "fixed" else Normalizer()).to_dict() if normalizer else None,
+        "seed": seed, "data_licence": data_licence, "protocol": protocol, "degradation": degradation,
+        "apodization": apodization, "lr_noise": lr_noise,
+        "normalizer": chosen.to_dict() if chosen else None,
     }
     try:
         cfg = TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})

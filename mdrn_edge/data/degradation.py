@@ -85,3 +85,52 @@ def upscale(lr: np.ndarray, scale: int, kernel: str = "matlab") -> np.ndarray:
     """The bicubic baseline: LR -> s*H x s*W with the same kernel."""
     h, w = lr.shape[-2:]
     return imresize(lr, (h * scale, w * scale), kernel=kernel)
+
+
+# --- realistic MRI degradations (k-space truncation, Rician noise) -------------------------------------------------
+METHODS = ("bicubic", "kspace")
+WINDOWS = ("none", "hann", "hamming")
+
+
+def _window(n: int, kind: str) -> np.ndarray:
+    """A symmetric apodisation window over ``n`` centred k-space samples (scanners' ringing filters)."""
+    if kind == "none":
+        return np.ones(n)
+    t = (np.arange(n) + 0.5) / n
+    alpha = 0.5 if kind == "hann" else 0.54
+    return alpha - (1 - alpha) * np.cos(2 * np.pi * t)
+
+
+def kspace_degrade(hr: np.ndarray, scale: int, window: str = "none") -> np.ndarray:
+    """HR -> LR as a scanner acquires it: keep the central ``H/s x W/s`` of the HR slice's k-space (optionally
+    apodised) and reconstruct the magnitude. A lower-resolution acquisition of the same field of view samples
+    exactly that part of k-space, so this is the physical degradation; the 1/s^2 keeps intensities in place."""
+    if window not in WINDOWS:
+        raise ValueError(f"apodisation window must be one of {WINDOWS}, got {window!r}")
+    h, w = hr.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} is not a multiple of scale {scale}; crop it first")
+    lh, lw = h // scale, w // scale
+    k = np.fft.fftshift(np.fft.fft2(hr.astype(np.float64)), axes=(-2, -1))
+    y0, x0 = h // 2 - lh // 2, w // 2 - lw // 2
+    k = k[..., y0 : y0 + lh, x0 : x0 + lw] * np.outer(_window(lh, window), _window(lw, window))
+    lr = np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1))) / (scale * scale)
+    return np.abs(lr).astype(np.float32)
+
+
+def rician_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of the image plus complex Gaussian noise of standard deviation ``sigma`` (in normalised units):
+    the noise of a magnitude MR image, which is Rician and biased upwards in dark regions."""
+    if sigma <= 0:
+        return img
+    re = img + rng.normal(0.0, sigma, img.shape)
+    im = rng.normal(0.0, sigma, img.shape)
+    return np.sqrt(re * re + im * im).astype(np.float32)
+
+
+def degrade_with(hr: np.ndarray, scale: int, method: str = "bicubic", kernel: str = "matlab",
+                 window: str = "none") -> np.ndarray:
+    """The noise-free LR of one degradation ``method``: shared by training, evaluation and the export checks."""
+    if method not in METHODS:
+        raise ValueError(f"degradation must be one of {METHODS}, got {method!r}")
+    return kspace_degrade(hr, scale, window) if method == "kspace" else degrade(hr, scale, kernel)

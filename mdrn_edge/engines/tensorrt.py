@@ -7,6 +7,7 @@ first use. CCA's statistics are pinned to FP32 (hand-written mean/variance/sqrt 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ from typing import Any
 
 from mdrn_edge.errors import InputError, MdrnError, MissingDependencyError
 from mdrn_edge.fileio import atomic_path, file_sha256, write_json
-from mdrn_edge.modelinfo import CCA_STAT_PATTERN, INPUT_NAME, METADATA_KEY, ModelInfo
+from mdrn_edge.modelinfo import INPUT_NAME, METADATA_KEY, ModelInfo
 from mdrn_edge.runtime.cuda import cuda_adapter
 from mdrn_edge.runtime.sidecar import SIDECAR_FORMAT, sidecar_path
 
@@ -77,15 +78,19 @@ def import_builder():
     return trt
 
 
-def pin_cca_to_fp32(trt, network) -> list[str]:
-    """Run CCA's statistics layers in FP32 inside an FP16 engine (needs OBEY_PRECISION_CONSTRAINTS)."""
-    pinned = []
+def pin_fp32_layers(trt, network, pattern: str | None) -> list[str]:
+    """Run the architecture's FP16-unsafe layers (MDRN: CCA's statistics) in FP32 inside an FP16 engine (needs
+    OBEY_PRECISION_CONSTRAINTS); ``pattern`` is the model info's ``fp32_layers``."""
+    pinned: list[str] = []
+    if not pattern:
+        return pinned
+    regex = re.compile(pattern)
     floats = (trt.float32, trt.float16)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
         # only floating-point layers: the parser may add integer shape layers under the same name scope
-        if CCA_STAT_PATTERN.search(layer.name) and all(t.dtype in floats for t in outputs):
+        if regex.search(layer.name) and all(t.dtype in floats for t in outputs):
             layer.precision = trt.float32
             for k in range(layer.num_outputs):
                 layer.set_output_type(k, trt.float32)
@@ -141,12 +146,14 @@ def build_engine(onnx_path: Path, fp16_onnx_path: Path | None, engine_path: Path
     if strongly_typed and not source:
         raise EngineBuildError("this TensorRT has no BuilderFlag.FP16: export the FP16 ONNX too (--fp16)")
     network, _parser = _parse_onnx(trt, builder, logger, source, strongly_typed)
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    info = ModelInfo.from_json(meta.get(METADATA_KEY, "null"), str(onnx_path))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     flags, pinned = [], []
     if fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
-        pinned = pin_cca_to_fp32(trt, network)
+        pinned = pin_fp32_layers(trt, network, info.fp32_layers)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     if version_compatible:
@@ -171,8 +178,6 @@ def build_engine(onnx_path: Path, fp16_onnx_path: Path | None, engine_path: Path
     if timing_cache:
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    info = ModelInfo.from_json(meta[METADATA_KEY], str(onnx_path))
     sidecar = {
         "format": SIDECAR_FORMAT,
         "tensorrt_version": trt.__version__,
@@ -192,7 +197,7 @@ def build_engine(onnx_path: Path, fp16_onnx_path: Path | None, engine_path: Path
         "strongly_typed": strongly_typed,
         "trtexec": trtexec_command(source, engine_path, fp16 and not strongly_typed, profile, workspace_mb,
                                    timing_cache, version_compatible, opt_level, pinned),
-        "model": {**info.__dict__, "precision": "fp16" if fp16 else "fp32"},
+        "model": info.with_precision("fp16" if fp16 else "fp32").to_dict(),
     }
     write_json(sidecar_path(engine_path), sidecar)
     log.info("built %s in %.1f s with TensorRT %s on %s", engine_path, sidecar["build_seconds"], trt.__version__, device)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 from mdrn_edge.errors import ModelFileError, first_line, require
 from mdrn_edge.export.artifact import Artifact, read_metadata, set_metadata
 from mdrn_edge.fileio import atomic_path
-from mdrn_edge.modelinfo import CCA_STAT_PATTERN
+from mdrn_edge.modelinfo import ModelInfo
 
 
-def cca_stat_nodes(model_proto) -> list[str]:
-    """Names of the nodes computing CCA's per-channel mean and std (and their constants)."""
-    return [n.name for n in model_proto.graph.node if CCA_STAT_PATTERN.search(n.name)]
+def fp32_nodes(model_proto, info: ModelInfo) -> list[str]:
+    """Names of the nodes the architecture declares FP16-unsafe (MDRN: CCA's mean/std chain and its constants)."""
+    if not info.fp32_layers:
+        return []
+    pattern = re.compile(info.fp32_layers)
+    return [n.name for n in model_proto.graph.node if pattern.search(n.name)]
 
 
 def convert_fp16(fp32_path: Path, path: Path, keep_io_types: bool = True) -> Artifact:
-    """FP16 weights and compute, FP32 inputs/outputs by default, CCA statistics kept in FP32."""
+    """FP16 weights and compute, FP32 inputs/outputs by default, the architecture's FP16-unsafe layers in FP32."""
     onnx = require("onnx", "export")
     float16 = require("onnxconverter_common.float16", "export")
     from onnxconverter_common import __version__ as occ_version
@@ -28,23 +31,23 @@ def convert_fp16(fp32_path: Path, path: Path, keep_io_types: bool = True) -> Art
     t0 = time.perf_counter()
     proto = onnx.load(str(fp32_path))
     info = read_metadata(proto, str(fp32_path))
-    fp32_nodes = cca_stat_nodes(proto)
+    keep = fp32_nodes(proto, info)
     try:
         with warnings.catch_warnings():  # "number will be truncated": expected for FP16 weights, measured below
             warnings.simplefilter("ignore", UserWarning)
-            half = float16.convert_float_to_float16(proto, keep_io_types=keep_io_types, node_block_list=fp32_nodes)
+            half = float16.convert_float_to_float16(proto, keep_io_types=keep_io_types, node_block_list=keep)
     except Exception as exc:
         raise ModelFileError(f"{fp32_path}: FP16 conversion failed ({first_line(exc)})") from None
-    set_metadata(half, replace(info, precision="fp16"))
+    set_metadata(half, info.with_precision("fp16"))
     with atomic_path(path) as tmp:
         onnx.checker.check_model(half, full_check=True)
         onnx.save(half, str(tmp))
-    checks = {"onnx_checker": True, "fp32_nodes": len(fp32_nodes), "keep_io_types": keep_io_types,
+    checks = {"onnx_checker": True, "fp32_nodes": len(keep), "keep_io_types": keep_io_types,
               "onnxconverter_common_version": occ_version}
     return Artifact("onnx_fp16", Path(path), "fp16", checks, time.perf_counter() - t0)
 
 
-def load_onnx_info(source: Path):
+def load_onnx_info(source: Path) -> ModelInfo:
     """Check an existing mdrn-edge FP32 ONNX and read what it carries (for building on a device without torch)."""
     onnx = require("onnx", "export")
     try:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +41,7 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFA
                           OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
         )
         proto = onnx.load(str(tmp))
-        set_metadata(proto, replace(info, precision="fp32"))
+        set_metadata(proto, info.with_precision("fp32"))
         proto.producer_name, proto.producer_version = "mdrn-edge", mdrn_edge.__version__
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
@@ -52,10 +50,3 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, opset: int = DEFA
               "onnx_version": onnx.__version__, "torch_version": str(torch.__version__)}
     return Artifact("onnx", Path(path), "fp32", checks, time.perf_counter() - t0)
 
-
-def model_info_from_checkpoint(ckpt: dict[str, Any], sha256: str) -> ModelInfo:
-    return ModelInfo(
-        arch=ckpt["arch"], scale=int(ckpt["scale"]), normalizer=ckpt["normalizer"], config=ckpt.get("config", {}),
-        provenance={**ckpt.get("provenance", {}), "iteration": ckpt.get("iteration"), "metrics": ckpt.get("metrics", {})},
-        checkpoint_sha256=sha256, mdrn_edge_version=mdrn_edge.__version__,
-    )

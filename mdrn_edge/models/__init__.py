@@ -1,45 +1,75 @@
-"""Model registry: ``build_model(name, scale, **config)`` for ``mdrn``, ``edsr``, ``rfdn`` and ``bicubic``."""
+"""Model registry: ``build_model(name, scale, **config)`` for ``mdrn``, ``edsr``, ``rfdn`` and ``bicubic``.
+
+The registry itself is torch-free (names -> ``module:Class``), so CLI choices come from it on a device without
+PyTorch; the architecture is imported when it is built. Each architecture's file declares its facts beside its
+network (``Config``, ``BYTES_PER_LR_PIXEL``, ``FP32_LAYERS``); :func:`architecture_facts` collects them, with the
+receptive field computed from the network itself, for the model info that export writes. Adding an architecture
+is its file plus one :func:`register` line.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from mdrn_edge.models.bicubic import Bicubic
-from mdrn_edge.models.edsr import EDSR
-from mdrn_edge.models.mdrn import MDRN, MDRNConfig
-from mdrn_edge.models.rfdn import RFDN
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_REGISTRY: dict[str, str] = {}
 
 
-def register(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Add an architecture; a second registration of the same name is refused."""
+def register(name: str, target: str) -> None:
+    """Add an architecture as ``"package.module:Class"``; a second registration of the same name is refused."""
     if name in _REGISTRY:
         raise ValueError(f"architecture {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = target
 
 
-for _name, _factory in (("mdrn", MDRN), ("edsr", EDSR), ("rfdn", RFDN), ("bicubic", Bicubic)):
-    register(_name, _factory)
+register("mdrn", "mdrn_edge.models.mdrn:MDRN")
+register("edsr", "mdrn_edge.models.edsr:EDSR")
+register("rfdn", "mdrn_edge.models.rfdn:RFDN")
+register("bicubic", "mdrn_edge.models.bicubic:Bicubic")
 
 
-def available_models() -> list[str]:
-    return sorted(_REGISTRY)
+def available_models(trainable: bool = False) -> list[str]:
+    """Registered names (``trainable``: only those with weights, i.e. without ``bicubic``)."""
+    return sorted(n for n in _REGISTRY if not (trainable and n == "bicubic"))
 
 
-def build_model(name: str, scale: int, **config: Any) -> nn.Module:
-    """Build an architecture by name; ``None`` values are dropped so CLI defaults never override the model's."""
+def architecture(name: str) -> type:
+    """The network class registered under ``name``; an unknown name lists the valid ones."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(available_models())}")
-    return _REGISTRY[name](scale=scale, **{k: v for k, v in config.items() if v is not None})
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """The plain-dict configuration stored with a model (MDRN's dataclass; the constructor args otherwise)."""
-    cfg = getattr(model, "config", None)
-    return cfg.to_dict() if isinstance(cfg, MDRNConfig) else {}
+def build_model(name: str, scale: int, **config: Any) -> "nn.Module":
+    """Build an architecture by name; ``None`` values are dropped so CLI defaults never override the model's."""
+    return architecture(name)(scale=scale, **{k: v for k, v in config.items() if v is not None})
 
 
-__all__ = ["MDRN", "MDRNConfig", "EDSR", "RFDN", "Bicubic", "build_model", "available_models", "model_config"]
+def model_config(model: "nn.Module") -> dict[str, Any]:
+    """The plain-dict configuration stored with a model (its architecture's config dataclass)."""
+    return model.config.to_dict()
+
+
+def architecture_facts(name: str, model: "nn.Module") -> dict[str, Any]:
+    """What the torch-free runtime needs to know about an architecture, read from its file: the receptive field
+    (computed from the network), the measured memory per LR pixel and the FP16-unsafe layers kept in FP32."""
+    from mdrn_edge.models.stats import receptive_field
+
+    cls = architecture(name)
+    return {"receptive_field": receptive_field(model), "bytes_per_lr_pixel": int(cls.BYTES_PER_LR_PIXEL),
+            "fp32_layers": cls.FP32_LAYERS}
+
+
+def __getattr__(attr: str) -> Any:
+    """``from mdrn_edge.models import MDRN, MDRNConfig`` still works, importing torch only then."""
+    lazy = {"MDRN": "mdrn", "MDRNConfig": "mdrn", "EDSR": "edsr", "RFDN": "rfdn", "Bicubic": "bicubic"}
+    if attr in lazy:
+        return getattr(importlib.import_module(f"mdrn_edge.models.{lazy[attr]}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+__all__ = ["register", "available_models", "architecture", "build_model", "model_config", "architecture_facts"]

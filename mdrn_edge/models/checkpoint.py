@@ -10,12 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
+import mdrn_edge
+from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import ModelFileError, first_line
-from mdrn_edge.fileio import atomic_path
-from mdrn_edge.models import build_model
+from mdrn_edge.fileio import atomic_path, file_sha256
+from mdrn_edge.modelinfo import ModelInfo
+from mdrn_edge.models import architecture_facts, build_model
 
 FORMAT = "mdrn-edge-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the typed model info is stored as ``model_info``
 RESUME_KEYS = ("optimizer", "rng")
 
 
@@ -59,25 +62,45 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint
     return model.eval()
 
 
-def load_model(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A checkpoint file or shipped model name -> (model in eval mode, checkpoint dict)."""
+def make_model_info(model: nn.Module, arch: str, normalizer: Normalizer, protocol: str = "antialiased",
+                    degradation: dict[str, Any] | None = None, **extra: Any) -> ModelInfo:
+    """The model info of a network: its stored contract plus the facts its architecture file declares."""
+    return ModelInfo(arch=arch, scale=int(model.config.scale), normalizer=normalizer, protocol=protocol,
+                     degradation=degradation or {}, config=model.config.to_dict(),
+                     mdrn_edge_version=mdrn_edge.__version__, **architecture_facts(arch, model), **extra)
+
+
+def checkpoint_info(ckpt: dict[str, Any], model: nn.Module, source: str | Path = "checkpoint", sha256: str = "") -> ModelInfo:
+    """The model info of a checkpoint, with the architecture's facts read afresh from its model file.
+
+    Format 1 checkpoints carry no ``model_info``; theirs is rebuilt from their fields. A format 1 run trained
+    with ``--protocol paper`` stored the percentile normaliser it never used: its per-slice min-max is restored.
+    """
+    if "model_info" in ckpt:
+        stored = ModelInfo.from_dict(ckpt["model_info"], str(source))
+        normalizer, protocol, degradation = stored.normalizer, stored.protocol, stored.degradation
+    else:
+        protocol = ckpt.get("train_config", {}).get("protocol", "antialiased")
+        try:
+            normalizer = Normalizer.minmax() if protocol == "paper" else Normalizer.from_dict(ckpt.get("normalizer", {}))
+        except ValueError as exc:
+            raise ModelFileError(f"{source}: invalid normaliser ({exc}); retrain or re-save the checkpoint") from None
+        tc = ckpt.get("train_config", {})
+        degradation = {"method": tc.get("degradation", "bicubic"), "apodization": tc.get("apodization", "none"),
+                       "lr_noise": tc.get("lr_noise", 0.0)}
+    provenance = {**ckpt.get("provenance", {}), "iteration": ckpt.get("iteration"), "metrics": ckpt.get("metrics", {})}
+    return make_model_info(model, ckpt["arch"], normalizer, protocol, degradation, provenance=provenance,
+                           checkpoint_sha256=sha256)
+
+
+def load_model(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any], ModelInfo]:
+    """A checkpoint file or shipped model name -> (model in eval mode, checkpoint dict, model info)."""
     from mdrn_edge.weights import resolve_model
 
     path = resolve_model(name_or_path, ".pt")
     ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt, path), ckpt
-
-
-def torch_predictor(model: nn.Module, device: str | torch.device = "cpu"):
-    """``LR (H, W) -> SR (sH, sW)`` NumPy function around a torch model (no grad, float32)."""
-    model = model.to(device).eval()
-
-    def predict(lr):
-        with torch.no_grad():
-            x = torch.from_numpy(lr.astype("float32", copy=False))[None, None].to(device)
-            return model(x)[0, 0].float().cpu().numpy()
-
-    return predict
+    model = model_from_checkpoint(ckpt, path)
+    return model, ckpt, checkpoint_info(ckpt, model, path, file_sha256(path))
 
 
 def slim(ckpt: dict[str, Any]) -> dict[str, Any]:

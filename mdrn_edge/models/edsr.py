@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from mdrn_edge.models.config import ArchConfig
+
+
+@dataclass(frozen=True)
+class EDSRConfig(ArchConfig):
+    num_feat: int = 64
+    num_block: int = 16
 
 
 class ResBlock(nn.Module):
@@ -33,8 +43,16 @@ class Upsampler(nn.Sequential):
 
 
 class EDSR(nn.Module):
-    def __init__(self, scale: int = 4, in_channels: int = 1, num_feat: int = 64, num_block: int = 16) -> None:
+    """Head conv, residual body with a global skip, pixel-shuffle upsampler, tail conv."""
+
+    Config = EDSRConfig
+    BYTES_PER_LR_PIXEL = 16941  # measured like MDRN's (benchmarks/arch_memory.py)
+    FP32_LAYERS = None  # no FP16-unsafe reductions
+
+    def __init__(self, cfg: EDSRConfig | None = None, **overrides: Any) -> None:
         super().__init__()
+        cfg = self.config = EDSRConfig.from_dict({**(cfg.to_dict() if cfg else {}), **overrides})
+        scale, in_channels, num_feat, num_block = cfg.scale, cfg.in_channels, cfg.num_feat, cfg.num_block
         self.conv_first = nn.Conv2d(in_channels, num_feat, 3, padding=1)
         self.body = nn.Sequential(*(ResBlock(num_feat) for _ in range(num_block)))
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, padding=1)

@@ -5,23 +5,22 @@ Read bottom-up like the paper: BSConv -> BSRB (sec. 2.2) -> CCALayer (eq. 6) -> 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from mdrn_edge.models.config import ArchConfig
+
 ATTENTIONS = ("cca", "ca", "none")
 UNITS = ("bsrb", "rb")
-SCALES = (2, 3, 4, 8)
 
 
 @dataclass(frozen=True)
-class MDRNConfig:
+class MDRNConfig(ArchConfig):
     """Every hyper-parameter and ablation switch of MDRN; stored in checkpoints, ONNX metadata and sidecars."""
 
-    scale: int = 4
-    in_channels: int = 1
     num_feat: int = 56
     num_block: int = 8
     reduction: int = 16
@@ -31,25 +30,13 @@ class MDRNConfig:
     attention: str = "cca"
 
     def __post_init__(self) -> None:
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+        super().__post_init__()
         if self.unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {self.unit!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.num_feat % 2:
             raise ValueError(f"num_feat must be even (the distillation halves it), got {self.num_feat}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MDRNConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown MDRN config keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**data)
 
 
 class BSConv(nn.Sequential):
@@ -152,6 +139,15 @@ class FMDRB(nn.Module):
 
 class MDRN(nn.Module):
     """MDRN (eqs. 1-4): shallow conv, n FMDRBs, outer multi-distillation aggregation, pixel-shuffle upsampling."""
+
+    Config = MDRNConfig
+    # Peak ONNX Runtime (CPU, FP32) memory per LR pixel at x4, measured by benchmarks/arch_memory.py as the slope
+    # of peak RSS between 128x128 and 256x256 LR inputs; the runtime plans batches and tiles with it.
+    BYTES_PER_LR_PIXEL = 5795
+    # CCA's per-channel mean/variance/sqrt chain (and its constants): FP16-unsafe hand-written reductions, kept in
+    # FP32 in the FP16 ONNX and pinned to FP32 in TensorRT engines. Node names come from the module path ``.attn``;
+    # TensorRT's ONNX parser names layers after the node, appending ``_N`` for every extra layer of one node.
+    FP32_LAYERS = r"/attn/(ReduceMean|Sub|Pow|Add|Sqrt|Constant)(_\d+)*$"
 
     def __init__(self, cfg: MDRNConfig | None = None, **overrides: Any) -> None:
         super().__init__()

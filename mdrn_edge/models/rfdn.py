@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mdrn_edge.models.config import ArchConfig
+
+
+@dataclass(frozen=True)
+class RFDNConfig(ArchConfig):
+    num_feat: int = 50
+    num_block: int = 4
 
 
 class ESA(nn.Module):
@@ -20,11 +31,12 @@ class ESA(nn.Module):
         self.conv3 = nn.Conv2d(f, f, 3, padding=1)
         self.conv3_ = nn.Conv2d(f, f, 3, padding=1)
         self.conv4 = nn.Conv2d(f, num_feat, 1)
+        self.pool = nn.MaxPool2d(kernel_size=7, stride=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c1_ = self.conv1(x)
         c1 = self.conv2(c1_)
-        v = F.relu(self.conv_max(F.max_pool2d(c1, kernel_size=7, stride=3)))
+        v = F.relu(self.conv_max(self.pool(c1)))
         c3 = self.conv3_(F.relu(self.conv3(v)))
         c3 = F.interpolate(c3, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return x * torch.sigmoid(self.conv4(c3 + self.conv_f(c1_)))
@@ -52,8 +64,16 @@ class RFDB(nn.Module):
 
 
 class RFDN(nn.Module):
-    def __init__(self, scale: int = 4, in_channels: int = 1, num_feat: int = 50, num_block: int = 4) -> None:
+    """Head conv, residual feature distillation blocks aggregated by a 1x1 conv, pixel-shuffle upsampling."""
+
+    Config = RFDNConfig
+    BYTES_PER_LR_PIXEL = 2899  # measured like MDRN's (benchmarks/arch_memory.py)
+    FP32_LAYERS = None  # no FP16-unsafe reductions
+
+    def __init__(self, cfg: RFDNConfig | None = None, **overrides: Any) -> None:
         super().__init__()
+        cfg = self.config = RFDNConfig.from_dict({**(cfg.to_dict() if cfg else {}), **overrides})
+        scale, in_channels, num_feat, num_block = cfg.scale, cfg.in_channels, cfg.num_feat, cfg.num_block
         self.conv_first = nn.Conv2d(in_channels, num_feat, 3, padding=1)
         self.body = nn.ModuleList(RFDB(num_feat) for _ in range(num_block))
         self.fuse = nn.Sequential(nn.Conv2d(num_feat * num_block, num_feat, 1), nn.LeakyReLU(0.05, inplace=True))

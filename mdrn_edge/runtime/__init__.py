@@ -48,4 +48,6 @@ def create_runner(path: Path, backend: str = "auto", device: str = "auto", tenso
     return OnnxRuntimeRunner(path, device=device, tensorrt_ep=tensorrt_ep, threads=threads)
 
 
-__all__ = ["BACKENDS", "InferenceError", "Runner", "create_runner", "resolve_model_file"]
+from mdrn_edge.runtime.series import InferResult, super_resolve  # noqa: E402  (uses the helpers above)
+
+__all__ = ["BACKENDS", "InferenceError", "Runner", "create_runner", "resolve_model_file", "super_resolve", "InferResult"]

@@ -7,25 +7,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.base import Runner
 from mdrn_edge.runtime.tiling import run_tiled
 
-BYTES_PER_LR_PIXEL_PER_FEATURE = 4 * 3  # FP32 activations, with about 3 live copies per feature map
+UNKNOWN_BYTES_PER_LR_PIXEL = 17000  # a model file that predates the measured figure: EDSR's, the largest measured
 BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
 
 
 def activation_bytes(runner: Runner, lr_pixels: int) -> int:
-    """A conservative estimate of the inference memory for ``lr_pixels`` LR pixels.
-
-    MDRN keeps all n block outputs (n C channels) alive for the aggregation, plus a block's working set (about
-    4 C) and the s^2 output channels.
-    """
-    cfg = runner.info.config if runner.info else {}
-    c, n = int(cfg.get("num_feat", 64)), int(cfg.get("num_block", 16))
-    return lr_pixels * (c * (n + 4) + runner.scale**2) * BYTES_PER_LR_PIXEL_PER_FEATURE
+    """The inference memory for ``lr_pixels`` LR pixels, from the architecture's measured bytes per LR pixel
+    (declared by its model file, carried in the model info)."""
+    per_pixel = runner.info.bytes_per_lr_pixel if runner.info and runner.info.bytes_per_lr_pixel else UNKNOWN_BYTES_PER_LR_PIXEL
+    return lr_pixels * per_pixel
 
 
 def available_memory() -> int:
@@ -55,7 +50,7 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
     return int(min(batch or default, fit))
 
 
-def super_resolve(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
+def super_resolve_volume(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
                   batch: int | None = None, progress: Callable[[int], None] | None = None,
                   memory_budget: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first slice index, SR slices)`` chunks in the volume's physical units, so that callers write
@@ -63,22 +58,26 @@ def super_resolve(volume: Volume, runner: Runner, tile: int | None = None, overl
     if min(volume.data.shape[-2:]) < 2:
         raise InputError(f"{volume.sources[0]}: a {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small "
                          "to super-resolve; give slices of at least 2x2 pixels")
-    normalizer = Normalizer.from_dict(runner.info.normalizer).fit(volume.data)
-    x = normalizer.normalize(volume.data)
+    scaling = runner.info.normalizer.fit(volume.data)
+    x = scaling.normalize(volume.data)
     budget = memory_budget or int(0.5 * available_memory())
     per_call = plan_batch(runner, x.shape[-2:], tile, batch, budget)
     s = runner.scale
     if tile:
-        overlap = runner.info.receptive_field() if overlap is None else overlap
+        field = runner.info.receptive_field
+        if overlap is None and field is None:
+            raise InputError(f"{runner.path}: this model file does not state its receptive field; give --overlap "
+                             "or re-export it with mdrn-export")
+        overlap = field if overlap is None else overlap
         if overlap >= tile:
             raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}; the default overlap is the "
-                             f"model's receptive field ({runner.info.receptive_field()} LR pixels)")
+                             f"model's receptive field ({field} LR pixels)")
     step = 1 if tile else per_call
     for i in range(0, len(x), step):
         if tile:
             sr = run_tiled(runner.infer, x[i], s, tile, overlap, per_call)[None]
         else:
             sr = runner.infer(x[i : i + step, None])[:, 0]
-        yield i, normalizer.denormalize(sr)
+        yield i, scaling.denormalize(sr, first=i)
         if progress:
             progress(len(sr))

@@ -19,7 +19,7 @@ from mdrn_edge.fileio import file_sha256
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import Runner
 from mdrn_edge.runtime.cuda import CudaError, cuda_adapter
-from mdrn_edge.runtime.sidecar import check_compatible, read_sidecar
+from mdrn_edge.runtime.sidecar import check_compatible, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class TensorRTRunner(Runner):
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such engine file; build one with mdrn-export --engine")
         self.sidecar = read_sidecar(self.path)
-        self.info = ModelInfo(**self.sidecar["model"])
+        self.info = ModelInfo.from_dict(self.sidecar.get("model"), str(sidecar_path(self.path)))
         trt = self.trt = import_tensorrt()
         self.cuda = cuda_adapter()
         check_compatible(self.sidecar, trt.__version__, self.cuda.device(), self.path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mdrn_edge.data.degradation import degrade
+from mdrn_edge.data.degradation import degrade_with, rician_noise
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
 from mdrn_edge.evaluate import normalize_for
@@ -58,11 +58,13 @@ def load_volumes(inputs: Sequence[str], normalizer: Normalizer, cache_dir: Path 
 
 
 class PatchDataset(Dataset):
-    """Random HR crops with flips and 90-degree rotations; LR made by the shared bicubic degradation
-    (``kernel``: ``matlab`` antialiased, or the paper protocol's ``torch`` kernel)."""
+    """Random HR crops with flips and 90-degree rotations; LR made by the shared degradation (bicubic with
+    ``kernel`` - ``matlab`` antialiased or the paper protocol's ``torch`` - or k-space truncation with an
+    apodisation ``window``), then Rician noise whose standard deviation is drawn per patch from [0, ``lr_noise``]
+    so the model meets every SNR from clean to noisy and learns not to amplify noise."""
 
     def __init__(self, volumes: Sequence[np.ndarray], scale: int, patch: int = 192, repeat: int = 16, seed: int = 0,
-                 kernel: str = "matlab") -> None:
+                 kernel: str = "matlab", method: str = "bicubic", window: str = "none", lr_noise: float = 0.0) -> None:
         if patch % scale:
             raise InputError(f"HR patch {patch} is not a multiple of scale {scale}; choose e.g. --patch {patch - patch % scale}")
         slices = [sl for vol in volumes for sl in vol]
@@ -72,7 +74,7 @@ class PatchDataset(Dataset):
         if small < patch:
             raise InputError(f"some slices are only {small} pixels wide, smaller than the HR patch {patch}; lower --patch")
         self.slices, self.scale, self.patch, self.repeat, self.seed = slices, scale, patch, repeat, seed
-        self.kernel = kernel
+        self.kernel, self.method, self.window, self.lr_noise = kernel, method, window, lr_noise
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -97,6 +99,7 @@ class PatchDataset(Dataset):
         if rng.integers(2):
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(hr, dtype=np.float32)
-        lr = degrade(hr, self.scale, self.kernel)
+        lr = degrade_with(hr, self.scale, self.method, self.kernel, self.window)
+        lr = rician_noise(lr, float(rng.uniform(0, self.lr_noise)), rng) if self.lr_noise > 0 else lr
         return torch.from_numpy(lr)[None], torch.from_numpy(hr)[None]
 

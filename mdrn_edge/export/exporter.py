@@ -1,0 +1,262 @@
+"""The exporter: one table of formats, one function per format, composed by :func:`export` (after Ultralytics).
+
+Every format function takes the export job and returns an :class:`Artifact`: the file it wrote and the checks it
+passed (a skipped artifact says why). Everything is written into a stage folder inside ``output_dir`` and moved
+into place only when every requested format has passed, so a failed gate leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mdrn_edge.engines.tensorrt import Profile
+from mdrn_edge.errors import InputError, MdrnError, require
+from mdrn_edge.evaluate import EvalPairs
+from mdrn_edge.export.artifact import Artifact
+from mdrn_edge.modelinfo import ModelInfo
+from mdrn_edge.runtime.base import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE = ("1x1x16x16", "1x1x256x256", "1x1x512x512")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how; the CLI's options map one to one onto these fields."""
+
+    fp16: bool = False
+    engine: bool | None = None  # None: wherever TensorRT and a GPU are present
+    opset: int = 17
+    profile: Profile = field(default_factory=lambda: Profile.parse(*DEFAULT_PROFILE))
+    workspace_mb: int = 1024
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    opt_level: int | None = None
+    check_data: Sequence[str | Path] = ()
+    max_psnr_drop: float = 0.05
+
+    def formats(self) -> list[str]:
+        return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["engine"] if self.engine is not False else [])]
+
+
+@dataclass
+class ExportJob:
+    """The state the format functions share: the source, the stage folder, the check pairs, open runners."""
+
+    source: Path
+    info: ModelInfo
+    net: Any  # the torch model, or None when exporting from an FP32 ONNX
+    stage: Path
+    cfg: ExportConfig
+    pairs: list[EvalPairs]
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    runners: dict[str, Runner] = field(default_factory=dict)
+
+    def runner(self, key: str, make: Callable[[], Runner]) -> Runner:
+        """An active runner, opened once per export and closed by :meth:`close`."""
+        if key not in self.runners:
+            self.runners[key] = make().activate()
+        return self.runners[key]
+
+    def onnx_runner(self, path: Path, cpu: bool = False) -> Runner:
+        from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
+
+        providers = ["CPUExecutionProvider"] if cpu else None
+        return self.runner(f"ort:{path}:{cpu}", lambda: OnnxRuntimeRunner(path, providers=providers))
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.deactivate()
+
+
+def _timed(fmt: str):
+    """Time a format function, log what it wrote, and set the artifact's seconds."""
+
+    def wrap(func: Callable[[ExportJob], Artifact]) -> Callable[[ExportJob], Artifact]:
+        def run(job: ExportJob) -> Artifact:
+            t0 = time.perf_counter()
+            art = func(job)
+            art.seconds = art.seconds or time.perf_counter() - t0
+            log.info("%s: %s in %.1f s", fmt, art.path or f"skipped ({art.skipped})", art.seconds)
+            return art
+
+        run.__doc__ = func.__doc__
+        return run
+
+    return wrap
+
+
+@_timed("onnx")
+def export_onnx_fp32(job: ExportJob) -> Artifact:
+    """FP32 ONNX with dynamic batch/H/W, checked against PyTorch (max abs error <= 1e-4) on real slices; from an
+    FP32 ONNX source, the file itself (its parity was checked when it was exported)."""
+    path = job.stage / f"{job.info.name}.onnx"
+    if job.net is None:
+        from mdrn_edge.export.fp16 import copy_onnx
+
+        return copy_onnx(job.source, path)
+    from mdrn_edge.export.checks import PARITY_TOLERANCE, gate
+    from mdrn_edge.export.onnx import export_onnx
+    from mdrn_edge.models.runner import TorchRunner
+
+    art = export_onnx(job.net, job.info, path, job.cfg.opset)
+    reference = job.runner("torch", lambda: TorchRunner.from_model(job.net, job.info))
+    art.checks.update(gate(reference, job.onnx_runner(path, cpu=True), job.pairs, "ONNX Runtime", max_abs_err=PARITY_TOLERANCE))
+    return art
+
+
+@_timed("onnx_fp16")
+def export_onnx_fp16(job: ExportJob) -> Artifact:
+    """FP16 ONNX (FP32 I/O, the architecture's FP16-unsafe layers kept in FP32), gated on its PSNR loss against
+    the FP32 ONNX, both run by ONNX Runtime on real slices."""
+    from mdrn_edge.export.checks import gate
+    from mdrn_edge.export.fp16 import convert_fp16
+
+    fp32 = job.artifacts["onnx"].path
+    art = convert_fp16(fp32, job.stage / f"{job.info.name}.fp16.onnx")
+    art.checks.update(gate(job.onnx_runner(fp32), job.onnx_runner(art.path), job.pairs, "FP16",
+                           max_psnr_drop=job.cfg.max_psnr_drop))
+    return art
+
+
+def engine_unavailable_reason() -> str | None:
+    """Why no TensorRT engine can be built here (no TensorRT, no builder, no GPU), or None."""
+    from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason is None:
+        try:
+            from mdrn_edge.engines.tensorrt import import_builder
+
+            import_builder()
+        except MdrnError as exc:
+            reason = str(exc)
+    return reason
+
+
+@_timed("engine")
+def export_engine(job: ExportJob) -> Artifact:
+    """A TensorRT engine (FP16 when asked) with its JSON sidecar, gated on its PSNR loss against ONNX Runtime FP32;
+    skipped with the reason where TensorRT or a GPU is missing."""
+    precision = "fp16" if job.cfg.fp16 else "fp32"
+    reason = engine_unavailable_reason()
+    if reason:
+        return Artifact("engine", None, precision, skipped=reason)
+    from mdrn_edge.engines.tensorrt import build_engine
+    from mdrn_edge.export.checks import gate
+    from mdrn_edge.runtime.tensorrt import TensorRTRunner
+
+    cfg, fp32 = job.cfg, job.artifacts["onnx"].path
+    fp16 = job.artifacts.get("onnx_fp16")
+    path = job.stage / (f"{job.info.name}.{precision}.engine" if cfg.fp16 else f"{job.info.name}.engine")
+    _, sidecar = build_engine(fp32, fp16.path if fp16 else None, path, cfg.fp16, cfg.profile, cfg.workspace_mb,
+                              cfg.timing_cache, cfg.version_compatible, cfg.opt_level)
+    checks = gate(job.onnx_runner(fp32), job.runner("trt", lambda: TensorRTRunner(path)), job.pairs, "the engine",
+                  max_psnr_drop=cfg.max_psnr_drop)
+    return Artifact("engine", path, precision, {**checks, "tensorrt_version": sidecar["tensorrt_version"],
+                                                 "gpu": sidecar["gpu"]["name"]}, sidecar["build_seconds"])
+
+
+# name -> (what it writes, the function); the CLI, the benchmarks and the summary all read this one table.
+# Room is kept for "onnx_int8" (an explicitly quantised QDQ graph).
+FORMATS: dict[str, tuple[str, Callable[[ExportJob], Artifact]]] = {
+    "onnx": ("FP32 ONNX, dynamic batch/H/W, checked against PyTorch", export_onnx_fp32),
+    "onnx_fp16": ("FP16 ONNX, FP16-unsafe layers in FP32, PSNR-gated", export_onnx_fp16),
+    "engine": ("TensorRT engine + JSON sidecar, PSNR-gated", export_engine),
+}
+
+
+def load_source(model: str | Path) -> tuple[Path, ModelInfo, Any]:
+    """``(file, model info, torch model or None)``: a given file as is; a shipped name as its checkpoint where
+    torch is installed, else as its FP32 ONNX (the Jetson path)."""
+    from mdrn_edge.weights import resolve_model
+
+    path = Path(model)
+    if not path.exists():
+        try:
+            import torch  # noqa: F401
+
+            path = resolve_model(model, ".pt")
+        except ImportError:
+            path = resolve_model(model, ".onnx")
+    if path.suffix == ".onnx":
+        from mdrn_edge.export.fp16 import load_onnx_info
+
+        return path, load_onnx_info(path), None
+    require("torch", "export")
+    from mdrn_edge.models.checkpoint import load_model
+
+    net, ckpt, info = load_model(path)
+    if info.arch == "bicubic":
+        raise InputError(f"{model}: bicubic has no weights to export")
+    return path, info, net
+
+
+def _stage_dir(output: Path) -> Path:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".mdrn-export-", dir=output))
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write the output folder ({exc.strerror}); choose a writable --output") from None
+
+
+def _publish(stage: Path, output: Path) -> None:
+    """Move every staged file into the output folder (each rename atomic)."""
+    for f in sorted(stage.iterdir()):
+        os.replace(f, output / f.name)
+
+
+def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = ExportConfig(),
+           progress: Callable[[str], None] | None = None) -> list[Artifact]:
+    """Export ``source`` (checkpoint, shipped name or mdrn-edge FP32 ONNX) into ``output_dir``: every format of
+    ``cfg`` in table order, each gated on real MRI (``cfg.check_data``, default the bundled sample). Returns the
+    artifacts with their final paths; an engine that cannot be built here is a skipped artifact with the reason."""
+    require("onnx", "export")
+    from mdrn_edge.export.checks import check_pairs
+    from mdrn_edge.samples import sample_files
+
+    path, info, net = load_source(source)
+    output = Path(output_dir)
+    stage = _stage_dir(output)
+    job = None
+    try:
+        job = ExportJob(path, info, net, stage, cfg, check_pairs(list(cfg.check_data) or sample_files(), info))
+        for fmt in cfg.formats():
+            if progress:
+                progress(f"{fmt}: {FORMATS[fmt][0]}")
+            job.artifacts[fmt] = FORMATS[fmt][1](job)
+        _publish(stage, output)
+    finally:
+        if job:
+            job.close()
+        shutil.rmtree(stage, ignore_errors=True)
+    artifacts = list(job.artifacts.values())
+    for art in artifacts:
+        if art.path:
+            art.path = output / art.path.name
+    return artifacts
+
+
+def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
+    """The flat JSON the CLI prints: the files, the headline checks, and every artifact in full."""
+    by = {a.format: a for a in artifacts}
+    onnx, fp16, engine = by.get("onnx"), by.get("onnx_fp16"), by.get("engine")
+    return {
+        "model": str(source),
+        "onnx": str(onnx.path) if onnx else None,
+        "onnx_fp16": str(fp16.path) if fp16 else None,
+        "max_abs_err": onnx.checks.get("max_abs_err") if onnx else None,
+        "fp16_psnr_drop_db": fp16.checks.get("psnr_drop_db") if fp16 else None,
+        "fp16_provider": fp16.checks.get("provider") if fp16 else None,
+        "engine": str(engine.path) if engine and engine.path else None,
+        "engine_skipped_reason": engine.skipped if engine else "--no-engine",
+        "artifacts": [a.to_dict() for a in artifacts],
+    }

@@ -1,0 +1,131 @@
+"""``super_resolve``: DICOM series, a study or a NIfTI volume in, the super-resolved result out (torch-free).
+
+This is what ``mdrn-infer`` does, as a library function that the CLI, the benchmarks and a receiving node call.
+Inputs are never modified; the output appears under its final name only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+import numpy as np
+
+from mdrn_edge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# progress(total, description) -> a context manager whose value has .update(n): a tqdm bar fits
+Progress = Callable[[int, str], ContextManager[Any]]
+
+
+@dataclass
+class InferResult:
+    """What a run wrote, with what, and how long it took."""
+
+    output: str
+    n_slices: int
+    backend: str
+    provider: str | None
+    providers_tried: list[str] | None
+    model: str
+    model_file: str
+    scale: int
+    seconds: float
+    tile: int | None
+    series: list[dict[str, Any]] = field(default_factory=list)
+    sent: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Quiet:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _no_progress(total: int, desc: str) -> ContextManager[Any]:
+    return contextlib.nullcontext(_Quiet())
+
+
+def series_folder_name(index: int, volume) -> str:
+    """``NN_<SeriesNumber>_<SeriesDescription>``, filesystem-safe: one folder per series of a study."""
+    h = volume.headers[0]
+    text = f"{index:02d}_{h.get('SeriesNumber', '')}_{h.get('SeriesDescription', '')}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
+
+
+def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str | Path | None = None,
+                  scale: int | None = None, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
+                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
+                  threads: int | None = None, nifti_dtype: str = "keep", overwrite: bool = False,
+                  send_to: str | None = None, progress: Progress = _no_progress) -> InferResult:
+    """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
+    (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
+
+    ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4).
+    A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``) the
+    result is also stored in a PACS by C-STORE. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
+    errors, before writing anything where it can.
+    """
+    from mdrn_edge.data.dicom import read_dicom_study
+    from mdrn_edge.data.nifti import is_nifti, read_nifti
+    from mdrn_edge.data.writers import DicomSeriesWriter, write_nifti
+    from mdrn_edge.fileio import atomic_path
+    from mdrn_edge.runtime import create_runner, resolve_model_file
+    from mdrn_edge.runtime.pacs import Destination, send_files
+    from mdrn_edge.runtime.pipeline import super_resolve_volume
+
+    t0 = time.perf_counter()
+    inputs = [str(p) for p in inputs]
+    dest = Destination.parse(send_to) if send_to else None
+    if tile is not None and tile < 8:
+        raise InputError(f"--tile {tile} is too small; use at least 64 (and more than --overlap)")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists; choose a new --output or pass --overwrite")
+    nifti = any(is_nifti(p) for p in inputs)
+    if nifti and (len(inputs) != 1 or not is_nifti(out)):
+        raise InputError("NIfTI input: give one .nii/.nii.gz file and an --output ending in .nii or .nii.gz")
+    if dest and nifti:
+        raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
+    path = resolve_model_file(str(model) if model else None, scale)
+    runner = create_runner(path, backend, device, tensorrt_ep, threads)
+    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs)
+    series, n_slices = [], 0
+    with runner:
+        if scale and int(scale) != runner.scale:
+            raise InputError(f"{path}: is a x{runner.scale} model but --scale is {scale}; drop --scale or pick a x{scale} model")
+        desc = runner.describe()
+        log.info("model %s (%s), backend %s on %s", runner.info.name, path.name, runner.backend, desc.get("provider"))
+        with atomic_path(out, directory=not nifti) as tmp:
+            for i, volume in enumerate(volumes):
+                folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
+                target = out if nifti else out / folder.relative_to(tmp)
+                with progress(volume.n_slices, volume.description[:30] or "series") as bar:
+                    chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update)
+                    if nifti:  # nibabel writes whole volumes
+                        write_nifti(volume, np.concatenate([sr for _, sr in chunks]), runner.scale, tmp, nifti_dtype)
+                        files = [out]
+                    else:
+                        folder.mkdir(exist_ok=True)
+                        writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name, runner.backend)
+                        for first, sr in chunks:
+                            writer.write(first, sr)
+                        files = writer.files
+                series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
+                               "files": len(files)})
+                n_slices += volume.n_slices
+    sent = None
+    if dest:
+        sent = sum(send_files(sorted(Path(item["output"]).glob("*.dcm")), dest) for item in series)
+    return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, provider=desc.get("provider"),
+                       providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
+                       scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
+                       sent=sent)
