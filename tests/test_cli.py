@@ -52,3 +52,20 @@ def test_every_command_has_complete_help(args):
     assert res.exit_code == 0 and "Usage:" in res.output
     options = [line for line in res.output.splitlines() if line.strip().startswith("--")]
     assert all(len(line.strip().split(None, 1)) == 2 or line.strip().endswith("]") for line in options if "--help" not in line)
+
+
+@pytest.mark.parametrize("module,args", [("main", []), ("main", ["eval"]), ("main", ["summary"]), ("main", ["sample"]),
+                                         ("train", []), ("export", []), ("infer", []), ("bench", [])])
+def test_every_command_takes_h_and_version(module, args):
+    import importlib
+
+    import mdrn_edge
+
+    cli = importlib.import_module(f"mdrn_edge.cli.{module}")
+    command = cli.main if module == "main" else cli.command
+    short = CliRunner().invoke(command, [*args, "-h"])
+    assert short.exit_code == 0 and "Usage:" in short.output
+    if args not in ([], ["sample"]):  # the group and `sample` print no JSON
+        assert "--json" in short.output
+    version = CliRunner().invoke(command, [*args, "--version"])
+    assert version.exit_code == 0 and mdrn_edge.__version__ in version.output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
 from mdrn_edge.errors import InputError, require
 
 
@@ -20,7 +20,8 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-@click.command("bench", context_settings={"show_default": True})
+@click.command("bench", context_settings=SETTINGS)
+@version_option
 @click.option("--model", default="mdrn-x4", help="Checkpoint or shipped model name.")
 @click.option("--backends", default="all", help="Comma-separated backends or 'all' (unavailable ones are reported as skipped).")
 @click.option("--sizes", default="64,128,256", help="LR input sizes (square).")

@@ -42,3 +42,12 @@ def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object on stdout.")
+
+# every command: -h as well as --help, defaults shown in --help, and --version
+SETTINGS = {"show_default": True, "help_option_names": ["-h", "--help"]}
+
+
+def version_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    import mdrn_edge
+
+    return click.version_option(mdrn_edge.__version__, "--version", prog_name="mdrn-edge")(func)

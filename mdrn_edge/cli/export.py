@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import emit_json, json_option, user_errors
+from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, user_errors, version_option
 from mdrn_edge.errors import MissingDependencyError
 
 
-@click.command("export", context_settings={"show_default": True})
+@click.command("export", context_settings=SETTINGS)
+@version_option
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the ONNX files and engine.")
 @click.option("--fp16/--no-fp16", default=False, help="Also write an FP16 ONNX (FP32 I/O, CCA statistics in FP32) and build an FP16 engine.")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
 from mdrn_edge.runtime import BACKENDS
 
 
-@click.command("infer", context_settings={"show_default": True})
+@click.command("infer", context_settings=SETTINGS)
+@version_option
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="New folder (DICOM) or .nii/.nii.gz file (NIfTI) to write.")
 @click.option("--model", help="An .onnx or .engine file, or a shipped name (mdrn-x2, mdrn-x4, mdrn-x8)  [default: mdrn-x{scale}].")

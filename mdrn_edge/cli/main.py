@@ -6,19 +6,19 @@ import contextlib
 
 import click
 
-import mdrn_edge
-from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(mdrn_edge.__version__, prog_name="mdrn-edge")
+@version_option
 def main() -> None:
     """mdrn-edge: MDRN super-resolution for MRI, from training to a small GPU at the scanner."""
 
 
-@main.command(context_settings={"show_default": True})
+@main.command(context_settings=SETTINGS)
+@version_option
 @click.option("--arch", type=click.Choice(available_models()), default="mdrn", help="Architecture.")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), default="4", help="Upscaling factor.")
 @click.option("--size", type=int, default=256, help="LR input height and width for the FLOP count.")
@@ -39,7 +39,8 @@ def summary(arch: str, scale: str, size: int, as_json: bool) -> None:
         click.echo(f"{arch} x{scale}: {info['params']:,} parameters, {info['flops'] / 1e9:.2f} GFLOPs at {size}x{size}")
 
 
-@main.command("eval", context_settings={"show_default": True})
+@main.command("eval", context_settings=SETTINGS)
+@version_option
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), required=True, help="Upscaling factor.")
 @click.option("--model", "model_name", help="'bicubic', a checkpoint (.pt) or a shipped name (mdrn-x4)  [default: the shipped mdrn-xS].")
@@ -87,7 +88,8 @@ def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, a
     click.echo(f"  gain {result['gain_db']:+.3f} dB (Wilcoxon p = {p})")
 
 
-@main.command()
+@main.command(context_settings=SETTINGS)
+@version_option
 @click.argument("folder", type=click.Path(file_okay=False))
 @user_errors
 def sample(folder: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import emit_json, json_option, progress_bar, user_errors
+from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
 
@@ -34,7 +34,8 @@ def _load_config(path: str | None) -> dict:
         raise InputError(f"{path}: cannot read the JSON config ({exc}); give a JSON object of TrainConfig fields") from None
 
 
-@click.command("train", context_settings={"show_default": True})
+@click.command("train", context_settings=SETTINGS)
+@version_option
 @click.option("--data", multiple=True, help="Training DICOM folder/files or a NIfTI file (repeatable). Not needed with --resume.")
 @click.option("--val", multiple=True, help="Dev DICOM folder/files or NIfTI file for validation (repeatable).")
 @click.option("--scale", type=click.Choice(["2", "3", "4", "8"]), help="Upscaling factor  [default: 4].")
