@@ -1,8 +1,24 @@
 """User-facing errors: one line that says what is wrong, where, and what to do.
 
 The CLI turns an :class:`MdrnError` into that line and a non-zero exit code; anything else is a bug and keeps
-its traceback.
+its traceback. Every exit code is here, in one place:
+
+====  =====================================================================================
+ 1    other user error                          :class:`MdrnError`
+ 2    an input file, folder or argument         :class:`InputError`
+ 3    a checkpoint, ONNX file or engine          :class:`ModelFileError`
+ 4    an optional dependency is missing          :class:`MissingDependencyError`
+ 5    the operating system refused a path        (permission, read-only or full disk; ``cli.common``)
+ 6    an exported file failed its check          :class:`ExportCheckError`
+ 7    TensorRT could not build an engine         :class:`EngineBuildError`
+ 8    the PACS refused or could not be reached   :class:`PacsError`
+ 9    the output was taken during the run        :class:`OutputConflict`
+ 130  interrupted (Ctrl-C or SIGTERM); partial outputs were removed
+====  =====================================================================================
 """
+
+OS_ERROR_EXIT = 5
+INTERRUPTED_EXIT = 130
 
 
 class MdrnError(Exception):
@@ -21,6 +37,12 @@ class ModelFileError(MdrnError):
     """A checkpoint, ONNX file or engine is missing, corrupt, foreign or incompatible."""
 
     exit_code = 3
+
+
+class OutputConflict(MdrnError):
+    """The output path was taken by something else while a run was working; nothing was replaced."""
+
+    exit_code = 9
 
 
 class MissingDependencyError(MdrnError):
@@ -45,3 +67,19 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """A library's exception text cut to its first line, to embed in our one-line messages."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+class ExportCheckError(MdrnError):
+    """An exported file failed a numerical check; it is not written under its final name."""
+
+    exit_code = 6
+
+
+class EngineBuildError(MdrnError):
+    exit_code = 7
+
+
+class PacsError(MdrnError):
+    """The PACS could not be reached or refused the series; the local output is kept."""
+
+    exit_code = 8

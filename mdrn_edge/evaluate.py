@@ -17,7 +17,7 @@ from mdrn_edge.data import Volume
 from mdrn_edge.data.degradation import crop_to_multiple, degrade_with, rician_noise, upscale
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
-from mdrn_edge.metrics import paired_test, psnr, ssim
+from mdrn_edge.metrics import background_texture, paired_test, psnr, ssim
 from mdrn_edge.modelinfo import PROTOCOLS
 from mdrn_edge.runtime.base import Runner
 
@@ -76,22 +76,48 @@ def predict(runner: Runner, lr: np.ndarray) -> np.ndarray:
     return np.concatenate([runner.infer(lr[i : i + 1, None])[:, 0] for i in range(len(lr))])
 
 
+def has_signal(hr: np.ndarray, border: int) -> bool:
+    """A slice with structure to score: not constant (blank slices of skull-stripped volumes make PSNR infinite)."""
+    inner = hr[border:-border, border:-border] if border else hr
+    return bool(inner.size) and float(inner.max() - inner.min()) > 1e-6
+
+
 def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: int,
              progress: Callable[[], None] | None = None) -> dict[str, Any]:
     """Per-slice scores of an active ``runner`` (None: bicubic itself) and of bicubic, with the paired test
-    between them; ``pairs`` may hold several volumes (slices of different sizes)."""
-    model_scores, bicubic_scores = [], []
+    between them, and the texture measure; ``pairs`` may hold several volumes (slices of different sizes).
+
+    Slices without signal are dropped and counted (``n_dropped_blank``). Texture: the band-pass energy (detail
+    of a few HR pixels) in the ground truth's background (air) of the model's and bicubic's output, each
+    relative to the ground truth's own (``bg_hf_ratio``, ``bicubic_bg_hf_ratio``): above 1, the output has
+    texture that is not in the patient; below 1, it smooths noise."""
+    model_scores, bicubic_scores, dropped = [], [], 0
+    hf: dict[str, float] = {"model": 0.0, "bicubic": 0.0, "hr": 0.0}
+    bg_pixels = 0
     for group in pairs if isinstance(pairs, list) else [pairs]:
         for lr, hr in zip(group.lr, group.hr):
-            bic = upscale(lr, scale, group.kernel)
-            bicubic_scores.append(score(bic, hr, scale))
-            model_scores.append(score(predict(runner, lr[None])[0] if runner else bic, hr, scale))
             if progress:
                 progress()
+            if not has_signal(hr, scale):
+                dropped += 1
+                continue
+            bic = upscale(lr, scale, group.kernel)
+            sr = predict(runner, lr[None])[0] if runner else bic
+            bicubic_scores.append(score(bic, hr, scale))
+            model_scores.append(score(sr, hr, scale))
+            sums, n = background_texture({"model": sr, "bicubic": bic}, hr, scale, scale)
+            hf = {k: hf[k] + sums[k] for k in hf}
+            bg_pixels += n
+    if not model_scores:
+        raise InputError(f"all {dropped} slices are blank (no signal to score); give slices with anatomy")
     m, b = np.asarray(model_scores), np.asarray(bicubic_scores)
     test = paired_test(m[:, 0], b[:, 0]) if len(m) > 1 else None
+    texture = {"bg_hf_ratio": hf["model"] / hf["hr"] if hf["hr"] > 0 else None,
+               "bicubic_bg_hf_ratio": hf["bicubic"] / hf["hr"] if hf["hr"] > 0 else None,
+               "hr_bg_hf_energy": hf["hr"] / bg_pixels if bg_pixels else None, "bg_pixels": bg_pixels}
     return {
         "n_slices": int(len(m)),
+        "n_dropped_blank": dropped,
         "psnr": float(m[:, 0].mean()),
         "ssim": float(m[:, 1].mean()),
         "bicubic_psnr": float(b[:, 0].mean()),
@@ -100,6 +126,7 @@ def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: i
         "p_value": test.wilcoxon_p if test else None,
         "ttest_p": test.ttest_p if test else None,
         "border": scale,
+        **texture,
         "per_slice_psnr": [float(v) for v in m[:, 0]],
         "per_slice_bicubic_psnr": [float(v) for v in b[:, 0]],
     }

@@ -75,3 +75,14 @@ def bad_inputs(tmp: Path) -> dict[str, Path]:
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.float32), np.eye(4)), tmp / "4d.nii.gz")
     out["nifti_4d"] = tmp / "4d.nii.gz"
     return out
+
+
+def digest(paths) -> dict[str, str]:
+    """SHA-256 of each file: inputs must come out of every run byte-identical."""
+    import hashlib
+
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def all_files(path: Path) -> list[Path]:
+    return sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())

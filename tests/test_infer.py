@@ -1,4 +1,3 @@
-import hashlib
 import json
 import shutil
 import socket
@@ -13,7 +12,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from corpus import bad_inputs, make_series, mr_small, shared_files
+from corpus import all_files, bad_inputs, digest, make_series, mr_small, shared_files
 from mdrn_edge.cli.infer import command as infer_cli
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -22,14 +21,6 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 def infer(*args):
     return CliRunner().invoke(infer_cli, [*map(str, args), "--no-progress"])
-
-
-def digest(paths):
-    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-
-
-def all_files(path: Path):
-    return sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +139,11 @@ def test_a_real_pacs_accepts_the_series(tmp_path, orthanc):
     assert tags["StudyInstanceUID"] == sent[0].StudyInstanceUID
 
 
-def test_an_unreachable_pacs_is_one_line(tmp_path):
+def test_an_unreachable_pacs_is_found_before_inference_in_one_line(tmp_path):
     res = infer(mr_small(), "--output", tmp_path / "out", "--send", f"NOBODY@127.0.0.1:{_free_port()}")
-    assert res.exit_code != 0 and "association refused or unreachable" in res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 8 and len(lines) == 1 and "unreachable after 3 tries" in lines[0]
+    assert not (tmp_path / "out").exists()  # checked with C-ECHO first: no inference, nothing written
 
 
 def test_nifti_in_nifti_out_keeps_the_world_position(tmp_path):
@@ -181,13 +174,18 @@ def test_a_study_is_handled_series_by_series(tmp_path):
     assert sorted(len(list(Path(s["output"]).glob("*.dcm"))) for s in result["series"]) == [1, 2]
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path):
+def test_existing_output_is_refused_and_overwrite_replaces_only_our_own(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     res = infer(mr_small(), "--output", tmp_path / "out")
     assert res.exit_code != 0 and "already exists" in res.output and (tmp_path / "out" / "keep.txt").exists()
-    res = infer(mr_small(), "--output", tmp_path / "out", "--overwrite")
-    assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0001.dcm"]
+    res = infer(mr_small(), "--output", tmp_path / "out", "--overwrite")  # a user's folder: never replaced
+    assert res.exit_code == 2 and "not written by mdrn-edge" in res.output and (tmp_path / "out" / "keep.txt").exists()
+    assert infer(mr_small(), "--output", tmp_path / "sr").exit_code == 0
+    first = (tmp_path / "sr" / "0001.dcm").read_bytes()
+    res = infer(mr_small(), "--output", tmp_path / "sr", "--overwrite")  # an earlier result of ours: replaced
+    assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "sr").iterdir()) == [".mdrn-edge-output", "0001.dcm"]
+    assert (tmp_path / "sr" / "0001.dcm").read_bytes() != first  # new UIDs: really rewritten
 
 
 def _corpus_extra(tmp: Path) -> dict[str, Path]:

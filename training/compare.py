@@ -14,10 +14,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ship import DEV, PAPER_GAIN, ROOT, describe, load_run, score_files, summary
+from ship import PAPER_GAIN, ROOT, SERIES, load_run, summary
+
+DEV = [SERIES / f"1-{i}.dcm" for i in range(101, 121)]
 
 # The paper's Table 3 at x4 (PSNR dB on its MRI-brain test set, bicubic 28.44, fully trained), for reference
 PAPER_X4 = {"mdrn": 32.46, "edsr": 30.64, "rfdn": 31.98}
+
+
+def score_files(model, ckpt: dict, files: list, protocols: tuple[str, ...] = ("antialiased", "paper")) -> dict:
+    """Model vs bicubic on ``files`` under each protocol (spec sec. 4), per-slice PSNRs kept for paired tests."""
+    from mdrn_edge.data import read_volume
+    from mdrn_edge.evaluate import evaluate, prepare_pairs
+    from mdrn_edge.models.checkpoint import checkpoint_info
+    from mdrn_edge.models.runner import TorchRunner
+
+    volume = read_volume(files)
+    info = checkpoint_info(ckpt, model)
+    with TorchRunner.from_model(model, info) as runner:
+        return {protocol: evaluate(runner, prepare_pairs(volume, info.scale, protocol, info.normalizer), info.scale)
+                for protocol in protocols}
+
+
+def describe(ckpt: dict, source: Path) -> dict:
+    """How a run was trained: iterations, wall time, hardware, recipe."""
+    return {"source": str(source.resolve().relative_to(ROOT)), "iteration": ckpt["iteration"],
+            "wall_seconds": ckpt["provenance"].get("wall_seconds"), "device": ckpt["provenance"].get("device"),
+            "train_config": ckpt["train_config"], "init_from": ckpt["provenance"].get("init_from")}
 
 
 def compare(runs: list[Path]) -> list[dict]:

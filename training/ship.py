@@ -1,12 +1,15 @@
-"""Turn training runs into the shipped models: slim checkpoint + FP32 ONNX inside the package, and the dev-set
-evaluation that MODEL_CARD.md reports. Run from the repository root with ../shared beside it:
+"""Turn training runs into the shipped models and measure them for MODEL_CARD.md. From the repository root, with
+../shared beside it:
 
-    python training/ship.py training/mdrn-x4 [training/mdrn-x2 ...]
+    python training/ship.py training/mdrn-x4-mixed:mdrn-x4 training/mdrn-x4-paper2:mdrn-x4-paper [RUN[:NAME] ...]
+    python training/ship.py --card        # re-measure every shipped model and rewrite the card only
 
-For each run it takes best.pt (else last.pt), writes mdrn_edge/weights/<arch>-x<s>.{pt,onnx}, evaluates the
-model against bicubic on the VS-SEG dev slices 1-101..1-120 (both protocols) and on MR from other scanners and
-value ranges (pydicom-data), records everything in mdrn_edge/weights/shipped.json and writes
-mdrn_edge/weights/MODEL_CARD.md from it.
+Each RUN's best.pt (else last.pt) becomes mdrn_edge/weights/NAME.{pt,onnx} (NAME defaults to <arch>-x<s>). Every
+shipped model is then measured against bicubic on all 30 held-apart VS-SEG slices 1-091..1-120 (and per block of
+10), clean and with Rician LR noise, under the antialiased protocol and the paper protocol, with the texture
+measure, and on MR from other scanners (pydicom-data); crops of bicubic / SR / HR, including a dark noisy region,
+are drawn for each. Everything goes into mdrn_edge/weights/shipped.json, MODEL_CARD.md and card/*.png. The models
+are run by ONNX Runtime from their shipped ONNX files: what is measured is what is deployed.
 """
 
 from __future__ import annotations
@@ -22,23 +25,21 @@ OTHER_SCANNERS = {  # pydicom / pydicom-data, MIT: (file, what it is)
     "MR-SIEMENS-DICOM-WithOverlays.dcm": "484x484 abdomen, 12-bit",
 }
 SERIES = ROOT.parent / "shared" / "data" / "vs-seg-001-t1"
-DEV = [SERIES / f"1-{i}.dcm" for i in range(101, 121)]
-GAP = [SERIES / f"1-{i:03d}.dcm" for i in range(91, 101)]  # held out by the split's gap: never trained or selected on
+HELD_APART = [SERIES / f"1-{i:03d}.dcm" for i in range(91, 121)]  # 1-091..1-100 the split's gap, 1-101..1-120 dev
+BLOCKS = ("1-091..1-100 (gap)", "1-101..1-110", "1-111..1-120")
 WEIGHTS = ROOT / "mdrn_edge" / "weights"
+CARD_DIR = WEIGHTS / "card"
+LR_NOISE = 0.03  # the noisy condition: Rician noise of 3 % of the normalised range, about the HR's own noise
+PAPER_GAIN = {2: 5.53, 4: 4.02, 8: 2.07}
 
 
-def score_files(model, ckpt: dict, files: list, protocols: tuple[str, ...] = ("antialiased", "paper")) -> dict:
-    """Model vs bicubic on ``files`` under each protocol (spec sec. 4), per-slice PSNRs kept for paired tests."""
-    from mdrn_edge.data import read_volume
-    from mdrn_edge.evaluate import evaluate, prepare_pairs
-    from mdrn_edge.models.checkpoint import checkpoint_info
-    from mdrn_edge.models.runner import TorchRunner
-
-    volume = read_volume(files)
-    info = checkpoint_info(ckpt, model)
-    with TorchRunner.from_model(model, info) as runner:
-        return {protocol: evaluate(runner, prepare_pairs(volume, info.scale, protocol, info.normalizer), info.scale)
-                for protocol in protocols}
+CONDITIONS = {  # what every shipped model is measured under (the label is the card's "condition")
+    "antialiased": {"protocol": "antialiased", "lr_noise": 0.0},
+    "antialiased+noise": {"protocol": "antialiased", "lr_noise": LR_NOISE},
+    "paper": {"protocol": "paper", "lr_noise": 0.0},
+}
+RECORD_KEYS = ("name", "source", "iteration", "wall_seconds", "device", "train_config", "data_licence", "init_from",
+               "lineage")  # what a record keeps of how it was trained; the rest is measured afresh
 
 
 def summary(result: dict) -> dict:
@@ -53,6 +54,71 @@ def block_gains(result: dict, size: int = 10) -> list[float]:
     return [float(gain[i : i + size].mean()) for i in range(0, len(gain), size)]
 
 
+def measure(name: str) -> dict:
+    """Every figure of the card for one shipped model, run by ONNX Runtime from its shipped ONNX."""
+    from pydicom.data import get_testdata_file
+
+    from mdrn_edge.data import read_volume
+    from mdrn_edge.evaluate import evaluate, prepare_pairs
+    from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
+
+    held = read_volume(HELD_APART)
+    out: dict = {}
+    with OnnxRuntimeRunner(WEIGHTS / f"{name}.onnx", device="cpu") as runner:
+        info = runner.info
+        for label, c in CONDITIONS.items():
+            r = evaluate(runner, prepare_pairs(held, info.scale, c["protocol"], info.normalizer, lr_noise=c["lr_noise"]),
+                         info.scale)
+            out[label] = {**summary(r), "block_gains": block_gains(r)}
+        out["other_scanners"] = {}
+        for file in OTHER_SCANNERS:
+            volume = read_volume([get_testdata_file(file)])
+            out["other_scanners"][file] = {
+                label: summary(evaluate(runner, prepare_pairs(volume, info.scale, info.protocol, info.normalizer,
+                                                              lr_noise=noise), info.scale))
+                for label, noise in (("clean", 0.0), ("noise", LR_NOISE))}
+        out["pictures"] = pictures(name, runner, held)
+    return out
+
+
+def pictures(name: str, runner, volume) -> str:
+    """Bicubic / SR / HR crops of one held-apart slice, clean and with LR noise: an anatomy crop and a dark crop
+    of air, where invented texture would show. Returns the PNG's path relative to the weights folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mdrn_edge.data.degradation import upscale
+    from mdrn_edge.evaluate import KERNELS, predict, prepare_pairs
+
+    info, k = runner.info, 4  # slice 1-095: through the middle of the head, in the split's gap
+    s = info.scale
+    rows = []
+    for noise in (0.0, LR_NOISE):
+        pairs = prepare_pairs(volume, s, info.protocol, info.normalizer, lr_noise=noise)
+        lr, hr = pairs.lr[k], pairs.hr[k]
+        rows.append((noise, upscale(lr, s, KERNELS[info.protocol]), predict(runner, lr[None])[0], hr))
+    crops = {"anatomy": (slice(190, 318), slice(190, 318)), "air (dark, noisy)": (slice(8, 136), slice(8, 136))}
+    fig, axes = plt.subplots(4, 3, figsize=(9, 12))
+    for r, ((noise, bic, sr, hr), (crop_name, (ys, xs))) in enumerate(
+            (row, crop) for row in rows for crop in crops.items()):
+        window = (0, 0.25) if "air" in crop_name else (0, 1)
+        for c, (title, img) in enumerate((("bicubic", bic), (f"{name}", sr), ("HR (ground truth)", hr))):
+            ax = axes[r, c]
+            ax.imshow(np.clip(img[ys, xs], *window), cmap="gray", vmin=window[0], vmax=window[1])
+            ax.set_title(f"{title}\n{crop_name}, LR noise {noise:g}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{name} on VS-SEG slice 1-095 ({info.protocol} protocol, x{s})", fontsize=10)
+    fig.tight_layout()
+    CARD_DIR.mkdir(exist_ok=True)
+    path = CARD_DIR / f"{name}.png"
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    return str(path.relative_to(WEIGHTS))
+
+
 def load_run(run_dir: Path) -> tuple:
     """(model, slim checkpoint, source path) of a run folder's best.pt (else last.pt)."""
     from mdrn_edge.models.checkpoint import load_checkpoint, model_from_checkpoint, slim
@@ -62,26 +128,23 @@ def load_run(run_dir: Path) -> tuple:
     return model_from_checkpoint(ckpt, source), ckpt, source
 
 
-def lineage(ckpt: dict) -> list[dict]:
-    """The runs behind a checkpoint, itself first, following ``init_from`` (fine-tunes of fine-tunes): what the
-    card sums to state the whole training cost of a model."""
+def lineage(ckpt: dict, shipped_sources: dict[str, str]) -> list[dict]:
+    """The runs behind a checkpoint, itself first, following ``init_from``: what the card sums to state the whole
+    training cost. A run started from a shipped file continues with the run that file was shipped from."""
     from mdrn_edge.models.checkpoint import load_checkpoint
 
-    chain = []
+    chain, seen = [], set()
     while ckpt is not None:
         parent = ckpt["provenance"].get("init_from")
         chain.append({"iteration": ckpt["iteration"], "wall_seconds": ckpt["provenance"].get("wall_seconds") or 0.0,
                       "init_from": parent})
-        ckpt = load_checkpoint(ROOT / parent) if parent and (ROOT / parent).exists() else None
+        if parent and Path(parent).parent == Path("mdrn_edge/weights"):
+            parent = shipped_sources.get(Path(parent).stem, parent)
+        if not parent or parent in seen or not (ROOT / parent).exists():
+            break
+        seen.add(parent)
+        ckpt = load_checkpoint(ROOT / parent)
     return chain
-
-
-def describe(ckpt: dict, source: Path) -> dict:
-    """What the card and reports say of a training run: iterations, wall time, hardware, recipe, lineage."""
-    return {"source": str(source.resolve().relative_to(ROOT)), "iteration": ckpt["iteration"],
-            "wall_seconds": ckpt["provenance"].get("wall_seconds"), "device": ckpt["provenance"].get("device"),
-            "train_config": ckpt["train_config"], "data_licence": ckpt["provenance"].get("data_licence"),
-            "init_from": ckpt["provenance"].get("init_from"), "lineage": lineage(ckpt)}
 
 
 def package(model, ckpt: dict, name: str) -> None:
@@ -98,135 +161,137 @@ def package(model, ckpt: dict, name: str) -> None:
     export_onnx(model, replace(info, checkpoint_sha256=file_sha256(pt)), WEIGHTS / f"{name}.onnx")
 
 
-def ship(run_dir: Path) -> dict:
-    model, ckpt, source = load_run(run_dir)
-    name = f"{ckpt['arch']}-x{ckpt['scale']}"
+def ship(run: str, index: dict) -> dict:
+    run_dir, _, name = run.partition(":")
+    model, ckpt, source = load_run(Path(run_dir))
+    name = name or f"{ckpt['arch']}-x{ckpt['scale']}"
+    sources = {k: v["source"] for k, v in index.items()}
+    record = {"name": name, "source": str(source.resolve().relative_to(ROOT)), "iteration": ckpt["iteration"],
+              "wall_seconds": ckpt["provenance"].get("wall_seconds"), "device": ckpt["provenance"].get("device"),
+              "train_config": ckpt["train_config"], "data_licence": ckpt["provenance"].get("data_licence"),
+              "init_from": ckpt["provenance"].get("init_from"), "lineage": lineage(ckpt, sources)}
     package(model, ckpt, name)
-    dev = score_files(model, ckpt, DEV)
-    record = {"name": name, **describe(ckpt, source), **{p: summary(r) for p, r in dev.items()}}
-    record["dev_block_gains"] = block_gains(dev["antialiased"])
-    record["gap_slices"] = summary(score_files(model, ckpt, GAP, ("antialiased",))["antialiased"])
-    record["other_scanners"] = other_scanners(model, ckpt)
     return record
 
 
-def other_scanners(model, ckpt: dict) -> dict:
-    """Gain over bicubic on single slices from other scanners, with the stored (per-volume) normaliser."""
-    from pydicom.data import get_testdata_file
-
-    out = {}
-    for name in OTHER_SCANNERS:
-        r = score_files(model, ckpt, [get_testdata_file(name)], ("antialiased",))["antialiased"]
-        out[name] = {"psnr": r["psnr"], "bicubic_psnr": r["bicubic_psnr"], "gain_db": r["gain_db"]}
-    return out
-
-
-PAPER_GAIN = {2: 5.53, 4: 4.02, 8: 2.07}
-
-
 def model_card(index: dict) -> str:
-    rows, gen, recipe, where = [], [], [], []
+    results, blocks, scanners, recipe, pics = [], [], [], [], []
     for name, r in index.items():
-        g, blocks = r["gap_slices"], r["dev_block_gains"]
-        where.append(f"| {name} | {g['gain_db']:+.2f} (bicubic {g['bicubic_psnr']:.2f}) | "
-                     + " | ".join(f"{b:+.2f}" for b in blocks) + " |")
-        a, p = r["antialiased"], r["paper"]
-        scale = r["train_config"]["scale"]
-        share = a["gain_db"] / PAPER_GAIN[scale] if scale in PAPER_GAIN else float("nan")
-        rows.append(f"| {name} | {r['iteration']:,} | {a['psnr']:.2f} / {a['ssim']:.4f} | {a['bicubic_psnr']:.2f} / "
-                    f"{a['bicubic_ssim']:.4f} | {a['gain_db']:+.2f} | {a['p_value']:.1e} | {p['psnr']:.2f} / {p['bicubic_psnr']:.2f} "
-                    f"({p['gain_db']:+.2f}) | {PAPER_GAIN.get(scale, '-')} ({share:.0%}) |")
-        gen.append(f"| {name} | " + " | ".join(f"{v['psnr']:.2f} vs {v['bicubic_psnr']:.2f} ({v['gain_db']:+.2f})"
-                                             for v in r["other_scanners"].values()) + " |")
-        hours = (r["wall_seconds"] or 0) / 3600
-        tc = r["train_config"]
-        init = r.get("init_from") or "scratch"
+        m, tc = r["measured"], r["train_config"]
+        scale = tc["scale"]
+        for label in CONDITIONS:
+            a = m[label]
+            share = f" ({a['gain_db'] / PAPER_GAIN[scale]:.0%} of the paper's +{PAPER_GAIN[scale]})" if label == "paper" else ""
+            results.append(f"| {name} | {label} | {a['psnr']:.2f} / {a['ssim']:.4f} | {a['bicubic_psnr']:.2f} / "
+                           f"{a['bicubic_ssim']:.4f} | {a['gain_db']:+.2f}{share} | {a['p_value']:.1e} | "
+                           f"{a['bg_hf_ratio']:.2f} | {a['bicubic_bg_hf_ratio']:.2f} |")
+            blocks.append(f"| {name} | {label} | " + " | ".join(f"{g:+.2f}" for g in a["block_gains"]) + " |")
+        scanners.append(f"| {name} | " + " | ".join(
+            f"{v['clean']['gain_db']:+.2f} / {v['noise']['gain_db']:+.2f} (texture {v['noise']['bg_hf_ratio']:.2f})"
+            for v in m["other_scanners"].values()) + " |")
+        degradation = f"{tc.get('degradation', 'bicubic')}"
+        if tc.get("lr_noise"):
+            degradation += f" + Rician noise up to {tc['lr_noise']:g} on {tc.get('lr_noise_share', 1):.0%} of the patches"
         total_iters = sum(step["iteration"] for step in r["lineage"])
         total_hours = sum(step["wall_seconds"] for step in r["lineage"]) / 3600
-        recipe.append(f"| {name} | {r['iteration']:,} of a {tc['iterations']:,}-iteration schedule | {tc['batch_size']} x "
-                      f"{tc['patch']}^2 HR | {tc['lr']:g}, halved at {', '.join(f'{m:.0%}' for m in tc['milestones'])} | "
-                      f"{r['device']} | {hours:.2f} h | {init} | {total_iters:,} iterations, {total_hours:.2f} h |")
-    scanners = " | ".join(f"{k} ({v})" for k, v in OTHER_SCANNERS.items())
-    return TEMPLATE.format(rows="\n".join(rows), gen="\n".join(gen), recipe="\n".join(recipe), scanners=scanners,
-                           where="\n".join(where),
-                           sep="|---" * (len(OTHER_SCANNERS) + 1) + "|")
+        recipe.append(f"| {name} | {tc.get('protocol', 'antialiased')} | {degradation} | {r['iteration']:,} of "
+                      f"{tc['iterations']:,} | {tc['batch_size']} x {tc['patch']}^2 | {tc['lr']:g} | {r['device']} | "
+                      f"{(r['wall_seconds'] or 0) / 3600:.2f} h | {r.get('init_from') or 'scratch'} | "
+                      f"{total_iters:,} iterations, {total_hours:.2f} h |")
+        pics.append(f"### {name}\n![{name}: bicubic, SR and HR crops]({m['pictures']})\n")
+    header = " | ".join(f"{k} ({v})" for k, v in OTHER_SCANNERS.items())
+    return TEMPLATE.format(results="\n".join(results), blocks="\n".join(blocks), scanners="\n".join(scanners),
+                           recipe="\n".join(recipe), pictures="\n".join(pics), scanner_header=header,
+                           blocks_header=" | ".join(BLOCKS),
+                           sep="|---" * (len(OTHER_SCANNERS) + 1) + "|", noise=LR_NOISE)
 
 
 TEMPLATE = """# Model card: shipped MDRN weights
 
-Generated by `training/ship.py` from `shipped.json` (every figure below was measured by that script).
+Generated by `training/ship.py` from `shipped.json`: every figure below was measured by that script, running the
+shipped ONNX files with ONNX Runtime (what is deployed is what is measured).
 
 ## What they are
 MDRN (Deng et al., *MDRN: Multi-distillation residual network for efficient MR image super-resolution*, MBE 2024),
 1-channel, 56 features, 8 FMDRBs, exactly as `shared/spec/MDRN.md`; implemented and trained by mdrn-edge.
-Each model ships as `<name>.pt` (slim weights-only checkpoint) and `<name>.onnx` (FP32, dynamic batch/H/W).
+Each model ships as `<name>.pt` (slim weights-only checkpoint) and `<name>.onnx` (FP32, dynamic batch/H/W), and
+carries its normaliser, protocol and training degradation. `mdrn-x2`, `mdrn-x4`, `mdrn-x8` are the defaults of
+`mdrn-infer` and `mdrn eval`; `mdrn-x4-paper` is trained on the paper's protocol and is what `mdrn eval --protocol
+paper --scale 4` uses, so that comparisons with the paper's numbers use a model made for that protocol.
 
 ## Training data and attribution (required by its licence)
 Trained on the training slices `1-001`..`1-090` of patient VS-SEG-001 (contrast-enhanced T1, Siemens Avanto
 1.5 T) from The Cancer Imaging Archive collection *Vestibular-Schwannoma-SEG*, licensed **CC BY 4.0**:
 Shapey J. et al., "Segmentation of vestibular schwannoma from MRI, an open annotated dataset and baseline
-algorithm", Scientific Data 8, 286 (2021); data DOI 10.7937/TCIA.9YTJ-5Q73. Dev slices `1-101`..`1-120` were
-held out (a 10-slice gap). One patient only: these weights are a demonstration, not a clinical device.
+algorithm", Scientific Data 8, 286 (2021); data DOI 10.7937/TCIA.9YTJ-5Q73. Slices `1-091`..`1-120` were held
+apart (checkpoints were picked on `1-101`..`1-120`; `1-091`..`1-100`, the split's gap, were never used). One
+patient only: these weights are a demonstration, not a clinical device.
 
 ## Recipe
-L1 loss, Adam (0.9, 0.99), batch of HR patches with random flips/90-degree rotations (mostly-background patches
-redrawn), bicubic (MATLAB `imresize`, antialiased) degradation, learning rate halved at 50 % and 75 % of the
-schedule. Normalisation: **per-volume 99.5th percentile -> 1** (stored with the model and re-applied by `mdrn
-eval` and the runtime), chosen so that MRI from other scanners and value ranges lands in the same range.
+L1 loss, Adam (0.9, 0.99), HR patches with random flips/90-degree rotations (mostly-background patches redrawn),
+learning rate halved at 50 % and 75 % of each run. Normalisation: per-volume 99.5th percentile -> 1 (`antialiased`
+models) or per-slice min-max (the paper-protocol model), stored with the model and re-applied by `mdrn eval` and
+the runtime. Degradation of the training LR: bicubic (MATLAB `imresize`, antialiased; PyTorch bicubic without
+antialiasing for the paper protocol), with Rician noise on a share of the patches where stated, so that the model
+learns not to turn noise into structure.
 
-| model | iterations | batch | learning rate | hardware | wall time | initialised from | in all, with the runs it started from |
-|---|---|---|---|---|---|---|---|
+| model | protocol | training LR | iterations | batch | learning rate | hardware | wall time | initialised from | in all, with the runs it started from |
+|---|---|---|---|---|---|---|---|---|---|
 {recipe}
 
-## Dev-set results (VS-SEG-001 slices 1-101..1-120, 20 slices, s pixels shaved)
-PSNR dB / SSIM. `antialiased`: the model's normaliser and antialiased bicubic degradation (the default);
-`paper`: per-slice min-max and PyTorch bicubic without antialiasing (reproduces the paper's bicubic row). p: Wilcoxon
-signed-rank test of per-slice PSNR, model vs bicubic.
+## Results on the 30 held-apart slices (VS-SEG-001 1-091..1-120, s pixels shaved)
+PSNR dB / SSIM against the HR ground truth. `antialiased`: the model's normaliser and antialiased bicubic
+degradation; `+noise`: the same LR with Rician noise of {noise:g} (3 % of the normalised range, about the HR's own
+background noise); `paper`: per-slice min-max and PyTorch bicubic without antialiasing (reproduces the paper's
+bicubic row). p: Wilcoxon signed-rank test of per-slice PSNR, model vs bicubic. **Texture**: band-pass energy (a
+difference of Gaussians of 1 and max(2, s/2) HR pixels) in the background (air) of the output relative to the
+ground truth's own: above 1 means texture that is not in the patient; below 1 means noise smoothed away.
 
-| model | iterations | MDRN (antialiased) | bicubic (antialiased) | gain dB | p | paper protocol: MDRN / bicubic (gain) | paper's gain (share reached) |
+| model | condition | model PSNR / SSIM | bicubic PSNR / SSIM | gain dB | p | texture (model) | texture (bicubic) |
 |---|---|---|---|---|---|---|---|
-{rows}
+{results}
 
-## Where the gain is (antialiased protocol, gain over bicubic in dB)
-The dev slices are the top of the head: towards the vertex (1-111..1-120) there is little fine structure, bicubic
-already scores high and there is little left to restore. Slices 1-091..1-100, held out by the split's gap (never
-trained on, never used to pick a checkpoint), show what the same weights do where the head has more structure.
+## Gain by block of slices (dB over bicubic)
+The top of the head (1-111..1-120) has little fine structure: bicubic already scores high there.
 
-| model | held-out gap 1-091..1-100 | dev 1-101..1-110 | dev 1-111..1-120 |
-|---|---|---|---|
-{where}
+| model | condition | {blocks_header} |
+|---|---|---|---|---|
+{blocks}
 
-## Other scanners and value ranges (antialiased protocol, PSNR dB, model vs bicubic)
-| model | {scanners} |
+## Other scanners and value ranges (gain dB over bicubic: clean / with LR noise {noise:g}; texture with noise)
+| model | {scanner_header} |
 {sep}
-{gen}
+{scanners}
+
+## Pictures
+Slice 1-095 (in the split's gap, never trained on or used to pick a checkpoint): bicubic, the model and the HR
+ground truth, on an anatomy crop and on a dark crop of air (window 0-0.25), with clean and with noisy LR.
+
+{pictures}
 
 ## Limits
-- Far from the paper's training, which ran 200 x 20,000 iterations (48 h on an RTX 3090) on many patients: these
-  are short CPU runs on one patient's 90 slices (see the recipe table).
-- The dev gain is limited by the dev slices as much as by training: they lie at the top of the head (table
-  above). MDRN, EDSR-baseline and RFDN trained here by the same trainer level off at about the same x4 dev gain
-  within about a thousand iterations, while the same weights gain much more on the held-out slices through the
-  middle of the head: [benchmarks/results/x4-dev-comparison/](../../benchmarks/results/x4-dev-comparison/README.md).
-- On the `paper` protocol the shipped models score *below* bicubic: they were trained on the antialiased
-  degradation (closer to a real low-resolution acquisition), and LR made without antialiasing is aliased, a
-  different input distribution. `mdrn-train --protocol paper` trains on the paper's protocol itself; such a run
-  (fine-tuned from mdrn-x4) is in the comparison above, beside the paper's gain.
-- What would reach the paper's gains: its data and schedule, many patients (the VS-SEG collection has 242) and
-  on the order of 10^6 iterations, about two days on one GPU. The runs are resumable
-  (`mdrn-train --output training/mdrn-x4 --resume`) and fine-tunes record what they started from.
+- Far from the paper's training (200 x 20,000 iterations, 48 h on an RTX 3090, many patients): these are short CPU
+  runs on one patient's 90 slices (see the recipe table).
+- Noise robustness costs gain on clean input: trained with noise on half of its patches, the x4 model smooths a
+  little where a clean-only model would sharpen; on noisy LR the clean-only model turned noise into worm-like
+  texture (texture above 1, PSNR below bicubic), which a radiologist would reject. Both are measured above.
+- k-space truncation (`--degradation kspace`) was tried as the training degradation at x4 and generalised worst:
+  on bicubic-degraded slices and on other scanners it lost to bicubic by 3.5 to 6 dB (it learns to undo ringing
+  that bicubic LR does not have). The runs are in `training/mdrn-x4-noise-*`.
 """
 
 
-def main(runs: list[str]) -> None:
+def main(args: list[str]) -> None:
     index_path = WEIGHTS / "shipped.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    for run in runs:
-        record = ship(Path(run))
+    for run in (a for a in args if a != "--card"):
+        record = ship(run, index)
         index[record["name"]] = record
-        a = record["antialiased"]
-        print(f"{record['name']}: iteration {record['iteration']}, dev PSNR {a['psnr']:.3f} vs bicubic "
-              f"{a['bicubic_psnr']:.3f} ({a['gain_db']:+.3f} dB, p={a['p_value']:.2g})")
+    for name in sorted(index):
+        index[name] = {**{k: index[name][k] for k in RECORD_KEYS if k in index[name]}, "measured": measure(name)}
+        a = index[name]["measured"]["antialiased"]
+        print(f"{name}: held-apart PSNR {a['psnr']:.3f} vs bicubic {a['bicubic_psnr']:.3f} ({a['gain_db']:+.3f} dB, "
+              f"p={a['p_value']:.2g}), texture {a['bg_hf_ratio']:.2f}")
     index = dict(sorted(index.items()))
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     (WEIGHTS / "MODEL_CARD.md").write_text(model_card(index))

@@ -259,8 +259,8 @@ def table3(cfg: BenchConfig, work: Path, progress: Callable[[str], None]) -> lis
     """The paper's Table 3 with our own numbers: params, FLOPs at 256x256, latency and peak memory at x4."""
     import torch
 
-    from mdrn_edge.models import build_model
-    from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save
+    from mdrn_edge.models import build_model, model_config
+    from mdrn_edge.models.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, make_model_info
     from mdrn_edge.models.stats import count_flops, count_params
     from mdrn_edge.weights import shipped_models
 
@@ -269,17 +269,17 @@ def table3(cfg: BenchConfig, work: Path, progress: Callable[[str], None]) -> lis
     lr = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
     np.save(work / "t3.npy", lr)
     rows = []
-    for arch in ("mdrn", "edsr", "rfdn"):
+    for arch, (paper_mem, paper_ms) in PAPER_TABLE3.items():  # the paper's table: its three architectures
         progress(f"Table 3: {arch}")
         model = build_model(arch, 4)
         shipped = shipped_models().get(f"{arch}-x4")
         path = shipped or atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "scale": 4,
-                                       "config": {}, "normalizer": Normalizer().to_dict(),
+                                       "config": model_config(model),
+                                       "model_info": make_model_info(model, arch, Normalizer()).to_dict(),
                                        "state_dict": model.state_dict()}, work / f"{arch}.pt")
         measured = run_worker({"backend": "torch", "precision": "fp32", "device": device, "model_file": str(path),
                                "input": str(work / "t3.npy"), "output": str(work / "t3-out.npy"),
                                "min_time": cfg.min_time, "min_runs": 3})
-        paper_mem, paper_ms = PAPER_TABLE3[arch]
         rows.append({"arch": arch, "params": count_params(model), "flops": count_flops(model, 256), "lr_size": size,
                      "device": device, "latency_ms": measured.get("latency_ms", {}).get("p50"),
                      "peak_mem_mb": measured.get("peak_gpu_mb", measured.get("peak_rss_mb")),

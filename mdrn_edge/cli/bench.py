@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
+from mdrn_edge.cli.common import (
+    SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, user_errors, version_option,
+)
 from mdrn_edge.errors import InputError, require
 
 
@@ -20,7 +22,7 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-@click.command("bench", context_settings=SETTINGS)
+@click.command("bench", cls=OneLineCommand, context_settings=SETTINGS)
 @version_option
 @click.option("--model", default="mdrn-x4", help="Checkpoint or shipped model name.")
 @click.option("--backends", default="all", help="Comma-separated backends or 'all' (unavailable ones are reported as skipped).")

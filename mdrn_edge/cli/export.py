@@ -6,21 +6,23 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, user_errors, version_option
+from mdrn_edge.cli.common import (
+    SETTINGS, OneLineCommand, emit_json, json_option, stop_on_signals, user_errors, version_option,
+)
 from mdrn_edge.errors import MissingDependencyError
 
 
-@click.command("export", context_settings=SETTINGS)
+@click.command("export", cls=OneLineCommand, context_settings=SETTINGS)
 @version_option
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the ONNX files and engine.")
 @click.option("--fp16/--no-fp16", default=False, help="Also write an FP16 ONNX (FP32 I/O, CCA statistics in FP32) and build an FP16 engine.")
 @click.option("--engine/--no-engine", default=None, help="Build a TensorRT engine  [default: wherever TensorRT and a GPU are present].")
-@click.option("--opset", type=int, default=17, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(13, 21), default=17, help="ONNX opset (13 or newer: the FP16 conversion and TensorRT 10 need it).")
 @click.option("--min-shape", default="1x1x16x16", help="Smallest LR input of the engine profile (NxCxHxW or HxW).")
 @click.option("--opt-shape", default="1x1x256x256", help="LR input the engine is tuned for.")
 @click.option("--max-shape", default="1x1x512x512", help="Largest LR input of the engine profile (keep it modest on Jetson).")
-@click.option("--workspace", type=int, default=1024, help="TensorRT workspace limit in MB.")
+@click.option("--workspace", type=click.IntRange(16, 1 << 20), default=1024, help="TensorRT workspace limit in MB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file, read and updated.")
 @click.option("--version-compatible", is_flag=True, help="Version-compatible engine excluding the lean runtime (run it with the ~45 MB lean runtime).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimisation level (default 3).")
@@ -38,6 +40,7 @@ def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape,
     from mdrn_edge.engines.tensorrt import Profile
     from mdrn_edge.export import ExportConfig, export, summarize
 
+    stop_on_signals()
     cfg = ExportConfig(fp16=fp16, engine=engine, opset=opset, profile=Profile.parse(min_shape, opt_shape, max_shape),
                        workspace_mb=workspace, timing_cache=Path(timing_cache) if timing_cache else None,
                        version_compatible=version_compatible, opt_level=opt_level, check_data=check_data,

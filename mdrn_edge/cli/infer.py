@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
+from mdrn_edge.cli.common import (
+    MAX_THREADS, SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
+)
 from mdrn_edge.runtime import BACKENDS
 
 
-@click.command("infer", context_settings=SETTINGS)
+@click.command("infer", cls=OneLineCommand, context_settings=SETTINGS)
 @version_option
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="New folder (DICOM) or .nii/.nii.gz file (NIfTI) to write.")
@@ -20,10 +22,10 @@ from mdrn_edge.runtime import BACKENDS
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="ONNX Runtime device; auto tries CUDA, then CPU.")
 @click.option("--trt-ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first.")
-@click.option("--tile", type=int, help="Infer in tiles of TxT LR pixels (memory bounded by the tile).")
-@click.option("--overlap", type=int, help="Tile overlap in LR pixels  [default: the model's receptive field, 71 for MDRN].")
-@click.option("--batch", type=int, help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
-@click.option("--threads", type=int, help="CPU threads for ONNX Runtime.")
+@click.option("--tile", type=click.IntRange(8), help="Infer in tiles of TxT LR pixels (memory bounded by the tile).")
+@click.option("--overlap", type=click.IntRange(0), help="Tile overlap in LR pixels  [default: the model's receptive field, 71 for MDRN].")
+@click.option("--batch", type=click.IntRange(1, 256), help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime  [default: ONNX Runtime's choice].")
 @click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output data type.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (only once the new result is complete).")
 @click.option("--send", "send_to", metavar="AET@HOST:PORT", help="Also store the result in a PACS with DICOM C-STORE.")
@@ -40,6 +42,7 @@ def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap
     from mdrn_edge.runtime import super_resolve
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    stop_on_signals()
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, backend=backend,
                            device=device, tensorrt_ep=trt_ep, tile=tile, overlap=overlap, batch=batch, threads=threads,
                            nifti_dtype=nifti_dtype, overwrite=overwrite, send_to=send_to,
@@ -47,6 +50,8 @@ def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap
     if as_json:
         emit_json(result.to_dict())
         return
+    if result.skipped:
+        click.echo(result.skipped, err=True)
     tried = result.providers_tried
     click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend}"
                + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else ""), err=True)

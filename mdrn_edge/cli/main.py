@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
+from mdrn_edge.cli.common import (
+    SETTINGS, OneLineGroup, emit_json, json_option, progress_bar, user_errors, version_option,
+)
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option
 def main() -> None:
     """mdrn-edge: MDRN super-resolution for MRI, from training to a small GPU at the scanner."""
@@ -46,19 +49,30 @@ def summary(arch: str, scale: str, size: int, as_json: bool) -> None:
 @click.option("--model", "model_name", help="'bicubic', a checkpoint (.pt) or a shipped name (mdrn-x4)  [default: the shipped mdrn-xS].")
 @click.option("--protocol", type=click.Choice(["antialiased", "paper"]), default="antialiased",
               help="antialiased: model's normaliser + MATLAB imresize; paper: per-slice min-max + torch bicubic (for the paper's numbers).")
+@click.option("--degradation", type=click.Choice(["bicubic", "kspace"]), default="bicubic", help="How LR is made from the HR slices: bicubic (the protocol's kernel) or kspace (central k-space, as a low-resolution acquisition).")
+@click.option("--apodization", type=click.Choice(["none", "hann", "hamming"]), default="none", help="k-space window of --degradation kspace.")
+@click.option("--lr-noise", type=click.FloatRange(0, 0.5), default=0.0, help="Rician noise standard deviation added to the LR (fraction of the normalised range 1.0); the same noisy LR goes to the model and to bicubic.")
+@click.option("--seed", type=int, default=0, help="Seed of the LR noise.")
 @click.option("--per-slice", is_flag=True, help="Include per-slice PSNRs in the output.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @json_option
 @user_errors
-def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, as_json) -> None:
-    """Per-slice PSNR/SSIM of a model and of bicubic on INPUTS (HR DICOM or NIfTI, degraded by bicubic)."""
+def evaluate_command(inputs, scale, model_name, protocol, degradation, apodization, lr_noise, seed, per_slice, progress,
+                     as_json) -> None:
+    """Per-slice PSNR/SSIM of a model and of bicubic on INPUTS (HR DICOM or NIfTI, degraded to LR), the paired
+    test between them, and the texture measure: high-frequency energy in the background (air) relative to the
+    ground truth's (above 1: texture that is not in the patient).
+
+    Without --model: the shipped MDRN for the scale; with --protocol paper, the shipped paper-protocol model
+    where there is one (mdrn-x4-paper). Blank slices are dropped and counted.
+    """
     from mdrn_edge.data import read_volume
     from mdrn_edge.data.normalize import Normalizer
     from mdrn_edge.evaluate import evaluate, prepare_pairs, protocol_normalizer
     from mdrn_edge.weights import default_model_name
 
     s = int(scale)
-    name = model_name or default_model_name(s)
+    name = model_name or default_model_name(s, protocol=protocol)
     runner, normalizer = None, Normalizer()
     if name != "bicubic":
         require("torch", "train")
@@ -71,11 +85,12 @@ def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, a
             if runner.scale != s:
                 raise InputError(f"{name}: is a x{runner.scale} model but --scale is {s}; give a x{s} model")
             normalizer = runner.info.normalizer
-        pairs = prepare_pairs(read_volume(inputs), s, protocol, normalizer)
+        pairs = prepare_pairs(read_volume(inputs), s, protocol, normalizer, degradation, apodization, lr_noise, seed)
         with progress_bar(len(pairs.lr), "eval", progress and not as_json) as bar:
             result = evaluate(runner, pairs, s, progress=lambda: bar.update(1))
     norm = protocol_normalizer(protocol, normalizer).mode
-    result = {"model": name, "scale": s, "protocol": protocol, "normalizer": norm, **result}
+    result = {"model": name, "scale": s, "protocol": protocol, "normalizer": norm, "degradation": degradation,
+              "apodization": apodization, "lr_noise": lr_noise, **result}
     if not per_slice:
         result = {k: v for k, v in result.items() if not k.startswith("per_slice")}
     if as_json:
@@ -86,6 +101,11 @@ def evaluate_command(inputs, scale, model_name, protocol, per_slice, progress, a
     click.echo(f"  model   PSNR {result['psnr']:.3f} dB  SSIM {result['ssim']:.4f}")
     click.echo(f"  bicubic PSNR {result['bicubic_psnr']:.3f} dB  SSIM {result['bicubic_ssim']:.4f}")
     click.echo(f"  gain {result['gain_db']:+.3f} dB (Wilcoxon p = {p})")
+    if result["bg_hf_ratio"] is not None:
+        click.echo(f"  background texture (band-pass energy) vs ground truth: model {result['bg_hf_ratio']:.2f}x, "
+                   f"bicubic {result['bicubic_bg_hf_ratio']:.2f}x (above 1: texture not in the patient)")
+    if result["n_dropped_blank"]:
+        click.echo(f"  {result['n_dropped_blank']} blank slice(s) without signal dropped")
 
 
 @main.command(context_settings=SETTINGS)
@@ -98,6 +118,28 @@ def sample(folder: str) -> None:
 
     for path in write_sample(folder):
         click.echo(str(path))
+
+
+@main.command(context_settings=SETTINGS)
+@version_option
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.option("--to", "dest", required=True, metavar="AET@HOST:PORT", help="The PACS to store the series in (C-STORE).")
+@json_option
+@user_errors
+def send(output: str, dest: str, as_json: bool) -> None:
+    """Store an existing mdrn-infer OUTPUT (every series in it) in a PACS, without recomputing it.
+
+    The PACS is checked with C-ECHO first; connections time out and are retried with backoff.
+    """
+    from mdrn_edge.runtime.pacs import Destination, echo, send_output
+
+    to = Destination.parse(dest, "--to")
+    echo(to)
+    sent = send_output(Path(output), to)
+    if as_json:
+        emit_json({"output": output, "sent": sent, "to": str(to)})
+    else:
+        click.echo(f"stored {sent} files from {output} in {to}")
 
 
 def _add_tools() -> None:

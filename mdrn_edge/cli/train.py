@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 from pathlib import Path
 
 import click
 
-from mdrn_edge.cli.common import SETTINGS, emit_json, json_option, progress_bar, user_errors, version_option
+from mdrn_edge.cli.common import (
+    MAX_THREADS, SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
+)
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
-
-
-def _stop_cleanly_on_signals() -> None:
-    """Ctrl-C and SIGTERM (schedulers, ``kill``) save ``last.pt`` and exit cleanly; a job started in the
-    background by a non-interactive shell inherits SIGINT as ignored, so the handler is installed explicitly."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _load_config(path: str | None) -> dict:
@@ -34,7 +24,7 @@ def _load_config(path: str | None) -> dict:
         raise InputError(f"{path}: cannot read the JSON config ({exc}); give a JSON object of TrainConfig fields") from None
 
 
-@click.command("train", context_settings=SETTINGS)
+@click.command("train", cls=OneLineCommand, context_settings=SETTINGS)
 @version_option
 @click.option("--data", multiple=True, help="Training DICOM folder/files or a NIfTI file (repeatable). Not needed with --resume.")
 @click.option("--val", multiple=True, help="Dev DICOM folder/files or NIfTI file for validation (repeatable).")
@@ -53,6 +43,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--degradation", type=click.Choice(["bicubic", "kspace"]), help="How training LR is made: bicubic (the protocol's kernel) or kspace (central k-space of the HR slice, as a low-resolution acquisition)  [default: bicubic].")
 @click.option("--apodization", type=click.Choice(["none", "hann", "hamming"]), help="k-space window of --degradation kspace  [default: none].")
 @click.option("--lr-noise", type=click.FloatRange(0, 0.5), help="Largest Rician noise standard deviation added to training LR (fraction of the normalised range 1.0), drawn per patch from [0, SIGMA]  [default: 0].")
+@click.option("--lr-noise-share", type=click.FloatRange(0, 1), help="Share of the training patches that get --lr-noise (the rest stay clean)  [default: 0.5].")
 @click.option("--seed", type=int, help="Seed of the patch sampler  [default: 0].")
 @click.option("--data-licence", help="Licence/attribution of the training data, recorded in the checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a checkpoint's matching tensors (fine-tune another scale).")
@@ -60,12 +51,12 @@ def _load_config(path: str | None) -> dict:
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where last.pt left it.")
 @click.option("--stop-after", type=int, help="Stop (saving last.pt) after N iterations in this invocation; resume later.")
 @click.option("--device", help="torch device (cpu, cuda, cuda:1)  [default: cuda if available].")
-@click.option("--threads", type=int, help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for torch.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @json_option
 @user_errors
 def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
-            normalizer, protocol, degradation, apodization, lr_noise, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
+            normalizer, protocol, degradation, apodization, lr_noise, lr_noise_share, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
     Ctrl-C or SIGTERM saves last.pt and stops; --resume continues exactly.
@@ -103,7 +94,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
         "scale": int(scale) if scale else None, "arch": arch, "iterations": iterations, "batch_size": batch_size,
         "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
         "seed": seed, "data_licence": data_licence, "protocol": protocol, "degradation": degradation,
-        "apodization": apodization, "lr_noise": lr_noise,
+        "apodization": apodization, "lr_noise": lr_noise, "lr_noise_share": lr_noise_share,
         "normalizer": chosen.to_dict() if chosen else None,
     }
     try:
@@ -112,7 +103,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
         raise InputError(f"{config_file}: {exc}; see TrainConfig for the valid fields") from None
     if threads:
         torch.set_num_threads(threads)
-    _stop_cleanly_on_signals()
+    stop_on_signals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     trainer = Trainer(cfg, data, val, run_dir, device=device, init_from=init_from, resume=resume)
     with progress_bar(cfg.iterations, f"{cfg.arch} x{cfg.scale}", progress and trainer.rank == 0, trainer.iteration) as bar:

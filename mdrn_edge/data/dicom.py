@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
@@ -10,18 +11,30 @@ import numpy as np
 
 from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError, first_line
+from mdrn_edge.fileio import OUTPUT_MARKER
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
+log = logging.getLogger(__name__)
 
-def list_dicom_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders (recursively; hidden files and DICOMDIR indexes skipped) and keep files; a missing path is
-    an error."""
+
+def _our_output(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` lies in an mdrn-edge output (a marker in it or a parent below ``root``)."""
+    return any((p / OUTPUT_MARKER).is_file() for p in (folder, *folder.parents) if p == root or root in p.parents)
+
+
+def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = None) -> list[Path]:
+    """Expand folders (recursively; hidden files, DICOMDIR indexes and mdrn-edge's own earlier outputs skipped,
+    the latter counted in ``skipped``) and keep files; a missing path is an error."""
+    skipped = Counter() if skipped is None else skipped
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*")
-                            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR")
+            found = [p for p in item.rglob("*")
+                     if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
+            ours = [p for p in found if _our_output(p.parent, item)]
+            skipped["mdrn-edge output"] += len(ours)
+            files += sorted(set(found) - set(ours))
         elif item.is_file():
             files.append(item)
         else:
@@ -79,13 +92,46 @@ def _slice_order_key(ds) -> float:
     return float(ds.get("InstanceNumber", 0) or 0)
 
 
-def group_series(files: list[Path]) -> dict[str, list[tuple[Path, object]]]:
-    """Read every header and group by SeriesInstanceUID (order of first appearance)."""
+def is_derived_by_us(ds) -> bool:
+    return "mdrn-edge" in str(ds.get("DerivationDescription", ""))
+
+
+def group_series(files: list[Path], given: Iterable[Path] = (),
+                 skipped: Counter | None = None) -> dict[str, list[tuple[Path, object]]]:
+    """Read every header and group by SeriesInstanceUID (order of first appearance).
+
+    Files found inside a folder that are not DICOM (a README, a LICENSE) are skipped and counted, as real
+    archives have them; a file given by name that is not DICOM is an error. Series mdrn-edge derived are
+    skipped (super-resolving a result again is never what was meant). Both are counted in ``skipped``. A
+    duplicated instance is refused."""
     groups: dict[str, list[tuple[Path, object]]] = defaultdict(list)
+    skipped = Counter() if skipped is None else skipped
+    given, seen = set(given), {}
     for path in files:
-        ds = _read_header(path)
+        try:
+            ds = _read_header(path)
+        except InputError:
+            if path in given:
+                raise
+            skipped["not DICOM"] += 1
+            continue
+        if is_derived_by_us(ds):
+            skipped["mdrn-edge output"] += 1
+            continue
+        uid = str(ds.get("SOPInstanceUID", "")) or str(path)
+        if uid in seen:
+            raise InputError(f"{path}: duplicates instance {uid} of {seen[uid]}; remove the copy and run again")
+        seen[uid] = path
         groups[str(ds.get("SeriesInstanceUID", "unknown"))].append((path, ds))
+    if not groups:
+        raise InputError(f"{len(files)} file(s) found, none a DICOM image to super-resolve ({skipped_line(skipped)}); "
+                         "give the original series")
     return dict(groups)
+
+
+def skipped_line(skipped: Counter) -> str:
+    """``skipped 2 files (not DICOM), 3 files (mdrn-edge output)``: the one summary line of what was left out."""
+    return "skipped " + ", ".join(f"{n} file(s) ({why})" for why, n in sorted(skipped.items()) if n) if any(skipped.values()) else ""
 
 
 def series_label(items: list[tuple[Path, object]]) -> str:
@@ -117,13 +163,23 @@ def volume_from_datasets(items: list[tuple[Path, object]]) -> Volume:
 def read_dicom_series(inputs: Iterable[str | Path]) -> Volume:
     """Read exactly one series from folders and/or files; a mixture of series is refused, naming them."""
     inputs = list(inputs)
-    groups = group_series(list_dicom_files(inputs))
+    skipped: Counter = Counter()
+    groups = group_series(list_dicom_files(inputs, skipped), _given_files(inputs), skipped)
+    if any(skipped.values()):
+        log.warning("%s", skipped_line(skipped))
     if len(groups) > 1:
         names = "; ".join(series_label(items) for items in groups.values())
         raise InputError(f"{', '.join(map(str, inputs))}: {len(groups)} series mixed ({names}); give one series folder")
     return volume_from_datasets(next(iter(groups.values())))
 
 
-def read_dicom_study(inputs: Iterable[str | Path]) -> list[Volume]:
-    """Every series found in the inputs, one Volume each (a whole study, handled series by series)."""
-    return [volume_from_datasets(items) for items in group_series(list_dicom_files(list(inputs))).values()]
+def read_dicom_study(inputs: Iterable[str | Path], skipped: Counter | None = None) -> list[Volume]:
+    """Every series found in the inputs, one Volume each (a whole study, handled series by series); what was left
+    out is counted in ``skipped``."""
+    inputs, skipped = list(inputs), Counter() if skipped is None else skipped
+    groups = group_series(list_dicom_files(inputs, skipped), _given_files(inputs), skipped)
+    return [volume_from_datasets(items) for items in groups.values()]
+
+
+def _given_files(inputs: Iterable[str | Path]) -> list[Path]:
+    return [Path(p) for p in inputs if Path(p).is_file()]

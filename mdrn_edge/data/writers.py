@@ -107,6 +107,19 @@ class DicomSeriesWriter:
             self.files.append(path)
 
 
+NIFTI_MARK = "mdrn-edge super-resolved"
+
+
+def is_our_nifti(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI file mdrn-infer wrote (its header's description carries our mark)."""
+    import nibabel as nib
+
+    try:
+        return bytes(nib.load(str(path)).header["descrip"]).startswith(NIFTI_MARK.encode())
+    except Exception:
+        return False
+
+
 def write_nifti(volume: Volume, sr: np.ndarray, scale: int, path: Path, dtype: str = "keep") -> Path:
     """NIfTI with in-plane voxels divided by ``scale`` and the affine moved so the volume stays where it was."""
     import nibabel as nib
@@ -125,5 +138,6 @@ def write_nifti(volume: Volume, sr: np.ndarray, scale: int, path: Path, dtype: s
     img.header.set_zooms((zooms[0] / scale, zooms[1] / scale, *zooms[2:]))
     if dtype == "float32":
         img.set_data_dtype(np.float32)
+    img.header["descrip"] = f"{NIFTI_MARK} x{scale}".encode()[:79]  # how --overwrite knows the file is ours
     nib.save(img, str(path))
     return path

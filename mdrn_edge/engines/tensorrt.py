@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mdrn_edge.errors import InputError, MdrnError, MissingDependencyError
+from mdrn_edge.errors import EngineBuildError, InputError, MissingDependencyError
 from mdrn_edge.fileio import atomic_path, file_sha256, write_json
 from mdrn_edge.modelinfo import INPUT_NAME, METADATA_KEY, ModelInfo
 from mdrn_edge.runtime.cuda import cuda_adapter
@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 BUILDER_HINT = ("TensorRT's builder (libnvinfer + ONNX parser) is not installed; on a Jetson use JetPack's TensorRT, "
                 "elsewhere pip install tensorrt (the lean runtime cannot build)")
 
-
-class EngineBuildError(MdrnError):
-    exit_code = 7
 
 
 @dataclass(frozen=True)

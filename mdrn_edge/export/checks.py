@@ -8,18 +8,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mdrn_edge.data import read_volume
-from mdrn_edge.errors import MdrnError
+from mdrn_edge.errors import ExportCheckError
 from mdrn_edge.evaluate import KERNELS, EvalPairs, compare, make_pairs
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import Runner
 
 PARITY_TOLERANCE = 1e-4
 
-
-class ExportCheckError(MdrnError):
-    """An exported file failed a numerical check; it is not written under its final name."""
-
-    exit_code = 6
 
 
 def check_pairs(inputs: Sequence[str | Path], info: ModelInfo, max_slices: int = 4) -> list[EvalPairs]:

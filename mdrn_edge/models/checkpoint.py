@@ -87,7 +87,7 @@ def checkpoint_info(ckpt: dict[str, Any], model: nn.Module, source: str | Path =
             raise ModelFileError(f"{source}: invalid normaliser ({exc}); retrain or re-save the checkpoint") from None
         tc = ckpt.get("train_config", {})
         degradation = {"method": tc.get("degradation", "bicubic"), "apodization": tc.get("apodization", "none"),
-                       "lr_noise": tc.get("lr_noise", 0.0)}
+                       "lr_noise": tc.get("lr_noise", 0.0), "lr_noise_share": tc.get("lr_noise_share", 1.0)}
     provenance = {**ckpt.get("provenance", {}), "iteration": ckpt.get("iteration"), "metrics": ckpt.get("metrics", {})}
     return make_model_info(model, ckpt["arch"], normalizer, protocol, degradation, provenance=provenance,
                            checkpoint_sha256=sha256)

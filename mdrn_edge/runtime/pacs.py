@@ -1,18 +1,26 @@
-"""Send a written series to a PACS with DICOM C-STORE (pynetdicom)."""
+"""Store a written series in a PACS with DICOM C-STORE (pynetdicom): checked with C-ECHO before any inference,
+bounded timeouts, retries with backoff; a failure keeps the local output and says where it is."""
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdrn_edge.errors import InputError, MdrnError, require
+from mdrn_edge.errors import InputError, PacsError, require
 
 CALLING_AET = "MDRN_EDGE"
+TIMEOUT_S = 10.0  # each association step (connect, negotiate, each message)
+RETRIES = 3  # tries of an association that fails to connect, with backoff
+BACKOFF_S = 1.0  # first wait between tries, doubled each time
 
 
-class PacsError(MdrnError):
-    exit_code = 8
+def quiet_pynetdicom() -> None:
+    """pynetdicom logs every failed association itself; our one line says it all."""
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -22,29 +30,69 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
-        m = re.fullmatch(r"([^@\s]{1,16})@([^:\s]+):(\d{1,5})", text)
-        if not m:
-            raise InputError(f"--send {text!r}: write it as AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+    def parse(cls, text: str, option: str = "--send") -> "Destination":
+        m = re.fullmatch(r"([^@\s\\\\]{1,16})@([^:\s]+):(\d{1,5})", text)
+        if not m or not 0 < int(m.group(3)) < 65536:
+            raise InputError(f"{option} {text!r}: write it as AET@HOST:PORT (AE title of at most 16 characters, port "
+                             "1-65535), e.g. ORTHANC@127.0.0.1:4242")
         return cls(m.group(1), m.group(2), int(m.group(3)))
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
 
 
-def send_files(files: list[Path], dest: Destination, timeout: float = 30) -> int:
-    """C-STORE every file in one association; any non-success status is an error naming the file."""
+def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeout: float, retries: int):
+    """An established association, trying ``retries`` times with doubling waits; a host that does not resolve is
+    refused at once (retrying cannot help)."""
     pynetdicom = require("pynetdicom", "runtime")
-    import pydicom
-
-    datasets = [pydicom.dcmread(f) for f in files]
+    quiet_pynetdicom()
+    try:
+        socket.getaddrinfo(dest.host, dest.port)
+    except OSError:
+        raise PacsError(f"{dest}: host {dest.host!r} does not resolve; check the PACS address") from None
     ae = pynetdicom.AE(ae_title=CALLING_AET)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for context in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
-        ae.add_requested_context(*context)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
-    if not assoc.is_established:
-        raise PacsError(f"{dest}: association refused or unreachable; check the AE title, host and port of the PACS")
+    ae.connection_timeout = timeout
+    if contexts is None:
+        ae.add_requested_context(pynetdicom.sop_class.Verification)
+    else:
+        for context in contexts:
+            ae.add_requested_context(*context)
+    wait = BACKOFF_S
+    for attempt in range(1, retries + 1):
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.aet)
+        if assoc.is_established:
+            return assoc
+        if assoc.is_rejected:  # the PACS answered no: wrong AE title or not allowed; retrying cannot help
+            raise PacsError(f"{dest}: the PACS rejected the association; check its AE title and that it accepts "
+                            f"{CALLING_AET}")
+        if attempt < retries:
+            time.sleep(wait)
+            wait *= 2
+    raise PacsError(f"{dest}: unreachable after {retries} tries ({timeout:g} s each); check that the PACS is running "
+                    "and the host and port")
+
+
+def echo(dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) -> None:
+    """C-ECHO: the PACS answers before any inference is spent on a series it could not receive."""
+    assoc = _associate(dest, None, timeout, retries)
+    try:
+        status = assoc.send_c_echo()
+        if getattr(status, "Status", None) != 0x0000:
+            raise PacsError(f"{dest}: C-ECHO failed (status {getattr(status, 'Status', 'none')}); check the PACS")
+    finally:
+        assoc.release()
+
+
+def send_files(files: list[Path], dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) -> int:
+    """C-STORE every file in one association; any non-success status is an error naming the file."""
+    import pydicom
+
+    if not files:
+        raise InputError(f"nothing to send to {dest}: no DICOM files")
+    datasets = [pydicom.dcmread(f) for f in files]
+    contexts = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
+    assoc = _associate(dest, contexts, timeout, retries)
     try:
         for path, ds in zip(files, datasets):
             status = assoc.send_c_store(ds)
@@ -55,3 +103,13 @@ def send_files(files: list[Path], dest: Destination, timeout: float = 30) -> int
     finally:
         assoc.release()
     return len(files)
+
+
+def send_output(folder: Path, dest: Destination) -> int:
+    """Store every DICOM file of an mdrn-edge output folder (all its series); the folder is kept whatever
+    happens, and a failure says where it is so it can be sent again with ``mdrn send``."""
+    files = sorted(p for p in Path(folder).rglob("*.dcm") if p.is_file())
+    try:
+        return send_files(files, dest)
+    except PacsError as exc:
+        raise PacsError(f"{exc}; the result is kept in {folder}: send it again with mdrn send {folder} --to {dest}") from None

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
@@ -40,6 +41,7 @@ class InferResult:
     tile: int | None
     series: list[dict[str, Any]] = field(default_factory=list)
     sent: int | None = None
+    skipped: str = ""  # what reading left out (non-DICOM files, earlier mdrn-edge outputs), in one line
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,12 +76,12 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     result is also stored in a PACS by C-STORE. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
     errors, before writing anything where it can.
     """
-    from mdrn_edge.data.dicom import read_dicom_study
+    from mdrn_edge.data.dicom import read_dicom_study, skipped_line
     from mdrn_edge.data.nifti import is_nifti, read_nifti
-    from mdrn_edge.data.writers import DicomSeriesWriter, write_nifti
-    from mdrn_edge.fileio import atomic_path
+    from mdrn_edge.data.writers import DicomSeriesWriter, is_our_nifti, write_nifti
+    from mdrn_edge.fileio import check_output_path, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
-    from mdrn_edge.runtime.pacs import Destination, send_files
+    from mdrn_edge.runtime.pacs import Destination, echo, send_output
     from mdrn_edge.runtime.pipeline import super_resolve_volume
 
     t0 = time.perf_counter()
@@ -88,23 +90,27 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     if tile is not None and tile < 8:
         raise InputError(f"--tile {tile} is too small; use at least 64 (and more than --overlap)")
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists; choose a new --output or pass --overwrite")
     nifti = any(is_nifti(p) for p in inputs)
     if nifti and (len(inputs) != 1 or not is_nifti(out)):
         raise InputError("NIfTI input: give one .nii/.nii.gz file and an --output ending in .nii or .nii.gz")
+    if not nifti and is_nifti(out):
+        raise InputError(f"{out}: a NIfTI file name, but the input is DICOM; give a folder for the DICOM series")
+    check_output_path(out, inputs, overwrite, is_our_nifti)
+    if dest:
+        echo(dest)  # before any inference: a PACS that cannot receive is found now, not after the work
     if dest and nifti:
         raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
     path = resolve_model_file(str(model) if model else None, scale)
     runner = create_runner(path, backend, device, tensorrt_ep, threads)
-    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs)
+    skipped: Counter = Counter()
+    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped)
     series, n_slices = [], 0
     with runner:
         if scale and int(scale) != runner.scale:
             raise InputError(f"{path}: is a x{runner.scale} model but --scale is {scale}; drop --scale or pick a x{scale} model")
         desc = runner.describe()
         log.info("model %s (%s), backend %s on %s", runner.info.name, path.name, runner.backend, desc.get("provider"))
-        with atomic_path(out, directory=not nifti) as tmp:
+        with staged(out, directory=not nifti) as tmp:
             for i, volume in enumerate(volumes):
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
                 target = out if nifti else out / folder.relative_to(tmp)
@@ -122,10 +128,13 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                 series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
                                "files": len(files)})
                 n_slices += volume.n_slices
-    sent = None
-    if dest:
-        sent = sum(send_files(sorted(Path(item["output"]).glob("*.dcm")), dest) for item in series)
+            if nifti:
+                publish_file(tmp, out, overwrite, is_our_nifti)
+            else:
+                publish_dir(tmp, out, overwrite, {"tool": "mdrn-infer", "model": runner.info.name,
+                                                  "inputs": inputs, "series": series})
+    sent = send_output(out, dest) if dest else None
     return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, provider=desc.get("provider"),
                        providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
                        scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
-                       sent=sent)
+                       sent=sent, skipped=skipped_line(skipped))

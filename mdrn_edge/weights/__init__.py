@@ -30,5 +30,8 @@ def resolve_model(name_or_path: str | Path, suffix: str = ".pt") -> Path:
     raise ModelFileError(f"{name_or_path}: no such file or shipped model; shipped {suffix} models: {names}")
 
 
-def default_model_name(scale: int, arch: str = "mdrn") -> str:
+def default_model_name(scale: int, arch: str = "mdrn", protocol: str = "antialiased") -> str:
+    """The shipped model for a scale; for the paper protocol, the paper-protocol model where one is shipped."""
+    if protocol == "paper" and f"{arch}-x{scale}-paper" in shipped_models():
+        return f"{arch}-x{scale}-paper"
     return f"{arch}-x{scale}"
