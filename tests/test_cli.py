@@ -69,3 +69,20 @@ def test_every_command_takes_h_and_version(module, args):
         assert "--json" in short.output
     version = CliRunner().invoke(command, [*args, "--version"])
     assert version.exit_code == 0 and mdrn_edge.__version__ in version.output
+
+
+def test_eval_paper_protocol_defaults_to_the_shipped_paper_model():
+    res = run("eval", mr_small(), "--scale", "4", "--protocol", "paper", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["model"] == "mdrn-x4-paper" and out["normalizer"] == "minmax"
+    assert json.loads(run("eval", mr_small(), "--scale", "4", "--json", "--no-progress").output)["model"] == "mdrn-x4"
+
+
+def test_shipped_x4_does_not_turn_lr_noise_into_texture(shared_series):
+    """The issue's defect: LR noise sharpened into worm-like texture. With Rician LR noise of 0.03 the shipped x4
+    must beat bicubic and keep the background's band-pass energy at or below the ground truth's."""
+    res = run("eval", *shared_files(93, 97), "--scale", "4", "--lr-noise", "0.03", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["gain_db"] > 0 and out["bg_hf_ratio"] <= 1.0, out

@@ -75,3 +75,28 @@ def test_bicubic_model_is_the_same_function_as_upscale():
     with torch.no_grad():
         y = build_model("bicubic", 3)(torch.from_numpy(lr)[None, None])[0, 0].numpy()
     assert np.allclose(y, upscale(lr, 3), atol=1e-5)
+
+
+def test_kspace_degradation_keeps_intensity_and_is_the_low_frequencies():
+    from mdrn_edge.data.degradation import kspace_degrade
+
+    assert np.allclose(kspace_degrade(np.full((2, 32, 32), 0.3, np.float32), 4), 0.3, atol=1e-6)
+    y, x = np.mgrid[:64, :64]
+    smooth = (np.cos(2 * np.pi * x / 64) * 0.2 + 0.5).astype(np.float32)[None]  # one cycle: inside the kept band
+    centres = (np.cos(2 * np.pi * (x[:16, :16] * 4 + 1.5) / 64) * 0.2 + 0.5)  # LR pixel k at HR 4k + 1.5
+    assert np.allclose(kspace_degrade(smooth, 4)[0], centres, atol=1e-4)
+    fine = (np.cos(np.pi * x / 2) * 0.2 + 0.5).astype(np.float32)[None]  # 16 cycles: beyond the LR band, removed
+    assert np.allclose(kspace_degrade(fine, 4), 0.5, atol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        kspace_degrade(smooth, 4, "gauss")
+
+
+def test_rician_noise_has_the_magnitude_statistics():
+    from mdrn_edge.data.degradation import rician_noise
+
+    rng = np.random.default_rng(0)
+    dark = rician_noise(np.zeros((200, 200), np.float32), 0.03, rng)
+    assert dark.min() >= 0 and abs(dark.mean() - 0.03 * np.sqrt(np.pi / 2)) < 1e-3  # Rayleigh in air
+    bright = rician_noise(np.ones((200, 200), np.float32), 0.03, rng)
+    assert abs(bright.std() - 0.03) < 2e-3  # Gaussian-like where the signal is high
+    assert rician_noise(np.ones((4, 4), np.float32), 0.0, rng) is not None

@@ -54,3 +54,19 @@ def test_paired_test_detects_a_consistent_gain_and_not_noise():
     assert better.wilcoxon_p < 1e-3 and better.ttest_p < 1e-3 and better.mean_diff == pytest.approx(0.5, abs=0.05)
     noise = paired_test(ref + rng.normal(0, 0.05, 20), ref)
     assert noise.wilcoxon_p > 0.01
+
+
+def test_texture_measure_sees_sharpened_noise_and_not_smoothing():
+    """Air with noise: an output that sharpens it scores above the ground truth, one that smooths it below."""
+    from mdrn_edge.metrics import background_texture
+
+    from scipy.ndimage import gaussian_filter
+
+    hr = np.abs(np.random.default_rng(0).normal(0, 0.03, (96, 96)))  # dark, noisy air
+    blurred = gaussian_filter(hr, 1.0)
+    sharpened = hr + 2.0 * (hr - blurred)
+    sums, n = background_texture({"smooth": blurred, "sharp": sharpened}, hr, 4)
+    assert n > 0 and sums["smooth"] < sums["hr"] < sums["sharp"]
+    tissue = hr.copy()
+    tissue[:, 48:] = 0.8  # bright tissue: left out of the measure
+    assert 0 < background_texture({}, tissue, 4)[1] < n

@@ -2,7 +2,9 @@
 ../shared beside it:
 
     python training/ship.py training/mdrn-x4-mixed:mdrn-x4 training/mdrn-x4-paper2:mdrn-x4-paper [RUN[:NAME] ...]
-    python training/ship.py --card        # re-measure every shipped model and rewrite the card only
+    python training/ship.py --card        # re-measure every shipped model and rewrite the card
+
+Models shipped in the invocation, and any never measured, are measured; the others keep their figures.
 
 Each RUN's best.pt (else last.pt) becomes mdrn_edge/weights/NAME.{pt,onnx} (NAME defaults to <arch>-x<s>). Every
 shipped model is then measured against bicubic on all 30 held-apart VS-SEG slices 1-091..1-120 (and per block of
@@ -174,6 +176,11 @@ def ship(run: str, index: dict) -> dict:
     return record
 
 
+def ratio(value: float | None) -> str:
+    """A texture ratio, or '-' where the slice has no background (air) to measure it in."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def model_card(index: dict) -> str:
     results, blocks, scanners, recipe, pics = [], [], [], [], []
     for name, r in index.items():
@@ -184,10 +191,10 @@ def model_card(index: dict) -> str:
             share = f" ({a['gain_db'] / PAPER_GAIN[scale]:.0%} of the paper's +{PAPER_GAIN[scale]})" if label == "paper" else ""
             results.append(f"| {name} | {label} | {a['psnr']:.2f} / {a['ssim']:.4f} | {a['bicubic_psnr']:.2f} / "
                            f"{a['bicubic_ssim']:.4f} | {a['gain_db']:+.2f}{share} | {a['p_value']:.1e} | "
-                           f"{a['bg_hf_ratio']:.2f} | {a['bicubic_bg_hf_ratio']:.2f} |")
+                           f"{ratio(a['bg_hf_ratio'])} | {ratio(a['bicubic_bg_hf_ratio'])} |")
             blocks.append(f"| {name} | {label} | " + " | ".join(f"{g:+.2f}" for g in a["block_gains"]) + " |")
         scanners.append(f"| {name} | " + " | ".join(
-            f"{v['clean']['gain_db']:+.2f} / {v['noise']['gain_db']:+.2f} (texture {v['noise']['bg_hf_ratio']:.2f})"
+            f"{v['clean']['gain_db']:+.2f} / {v['noise']['gain_db']:+.2f} (texture {ratio(v['noise']['bg_hf_ratio'])})"
             for v in m["other_scanners"].values()) + " |")
         degradation = f"{tc.get('degradation', 'bicubic')}"
         if tc.get("lr_noise"):
@@ -284,14 +291,18 @@ ground truth, on an anatomy crop and on a dark crop of air (window 0-0.25), with
 def main(args: list[str]) -> None:
     index_path = WEIGHTS / "shipped.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    shipped = []
     for run in (a for a in args if a != "--card"):
         record = ship(run, index)
         index[record["name"]] = record
-    for name in sorted(index):
+        shipped.append(record["name"])
+    for name in sorted(index):  # measure what was shipped now, what was never measured, or all with --card
+        if not (name in shipped or "measured" not in index[name] or "--card" in args):
+            continue
         index[name] = {**{k: index[name][k] for k in RECORD_KEYS if k in index[name]}, "measured": measure(name)}
         a = index[name]["measured"]["antialiased"]
         print(f"{name}: held-apart PSNR {a['psnr']:.3f} vs bicubic {a['bicubic_psnr']:.3f} ({a['gain_db']:+.3f} dB, "
-              f"p={a['p_value']:.2g}), texture {a['bg_hf_ratio']:.2f}")
+              f"p={a['p_value']:.2g}), texture {ratio(a['bg_hf_ratio'])}")
     index = dict(sorted(index.items()))
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     (WEIGHTS / "MODEL_CARD.md").write_text(model_card(index))

@@ -104,14 +104,18 @@ def _window(n: int, kind: str) -> np.ndarray:
 def kspace_degrade(hr: np.ndarray, scale: int, window: str = "none") -> np.ndarray:
     """HR -> LR as a scanner acquires it: keep the central ``H/s x W/s`` of the HR slice's k-space (optionally
     apodised) and reconstruct the magnitude. A lower-resolution acquisition of the same field of view samples
-    exactly that part of k-space, so this is the physical degradation; the 1/s^2 keeps intensities in place."""
+    exactly that part of k-space, so this is the physical degradation; the 1/s^2 keeps intensities in place.
+    A linear phase first moves the samples by (s - 1)/2 HR pixels, so that LR pixel k sits at the centre of HR
+    pixels s k .. s k + s - 1, the geometry of the bicubic degradation and of the written DICOM."""
     if window not in WINDOWS:
         raise ValueError(f"apodisation window must be one of {WINDOWS}, got {window!r}")
     h, w = hr.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f"HR size {h}x{w} is not a multiple of scale {scale}; crop it first")
     lh, lw = h // scale, w // scale
-    k = np.fft.fftshift(np.fft.fft2(hr.astype(np.float64)), axes=(-2, -1))
+    d = (scale - 1) / 2
+    phase = np.outer(np.exp(2j * np.pi * np.fft.fftfreq(h) * d), np.exp(2j * np.pi * np.fft.fftfreq(w) * d))
+    k = np.fft.fftshift(np.fft.fft2(hr.astype(np.float64)) * phase, axes=(-2, -1))
     y0, x0 = h // 2 - lh // 2, w // 2 - lw // 2
     k = k[..., y0 : y0 + lh, x0 : x0 + lw] * np.outer(_window(lh, window), _window(lw, window))
     lr = np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1))) / (scale * scale)
