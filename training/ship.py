@@ -168,10 +168,13 @@ def ship(run: str, index: dict) -> dict:
     model, ckpt, source = load_run(Path(run_dir))
     name = name or f"{ckpt['arch']}-x{ckpt['scale']}"
     sources = {k: v["source"] for k, v in index.items()}
+    init = ckpt["provenance"].get("init_from")
+    if init and Path(init).parent == Path("mdrn_edge/weights") and Path(init).stem in sources:
+        init = f"{sources[Path(init).stem]} (then shipped as {Path(init).stem})"
     record = {"name": name, "source": str(source.resolve().relative_to(ROOT)), "iteration": ckpt["iteration"],
               "wall_seconds": ckpt["provenance"].get("wall_seconds"), "device": ckpt["provenance"].get("device"),
               "train_config": ckpt["train_config"], "data_licence": ckpt["provenance"].get("data_licence"),
-              "init_from": ckpt["provenance"].get("init_from"), "lineage": lineage(ckpt, sources)}
+              "init_from": init, "lineage": lineage(ckpt, sources)}
     package(model, ckpt, name)
     return record
 
