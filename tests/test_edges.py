@@ -2,7 +2,6 @@
 under OUT: output paths, races, signals, reading real archives, arguments, JSON, PACS failures."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -189,8 +189,6 @@ def test_existing_output_is_refused_and_overwrite_replaces_only_our_own(tmp_path
 
 
 def _corpus_extra(tmp: Path) -> dict[str, Path]:
-    import onnx
-    from onnx import TensorProto, helper
 
     cases = bad_inputs(tmp)
     big = np.zeros((6000, 6000, 1), np.uint8)

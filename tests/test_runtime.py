@@ -1,21 +1,16 @@
-import hashlib
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from corpus import mr_small
 from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import crop_to_multiple, degrade
-from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.metrics import psnr
-from mdrn_edge.runtime import create_runner, resolve_model_file, super_resolve
+from mdrn_edge.runtime import create_runner, resolve_model_file
 from mdrn_edge.runtime.tiling import blend_weights, plan_tiles, ramp, run_tiled
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # importing torch now raises ImportError\n"
