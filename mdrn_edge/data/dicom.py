@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -59,6 +60,34 @@ def _read_header(path: Path):
     return ds
 
 
+def header_numbers(ds, keyword: str, count: int, path: Path) -> list[float] | None:
+    """The ``count`` finite numbers of a header field, None where it is absent or empty; anything else is one
+    line naming the file, the field and its value (malformed headers are common in real archives)."""
+    if keyword not in ds:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of invalid values in several lines; ours is one
+        try:
+            value = ds.get(keyword)
+            values = [value] if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") else list(value)
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError, OverflowError):
+            value, numbers = ds.get_item(keyword).value, []
+    if value is None or value == "" or value == b"":
+        return None
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        raise InputError(f"{path}: {keyword} {text.strip()[:40]!r} is not {count} number(s); fix the header or drop the file")
+    return numbers
+
+
+def _rescale(ds, path: Path) -> tuple[float, float]:
+    slope = (header_numbers(ds, "RescaleSlope", 1, path) or [1.0])[0]
+    if slope == 0:
+        raise InputError(f"{path}: RescaleSlope is 0 (every value would be the intercept); fix the header")
+    return slope, (header_numbers(ds, "RescaleIntercept", 1, path) or [0.0])[0]
+
+
 def _pixels(ds, path: Path) -> np.ndarray:
     """Pixel data in physical units, float32, one 2-D slice."""
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
@@ -78,18 +107,19 @@ def _pixels(ds, path: Path) -> np.ndarray:
         ) from None
     if arr.ndim != 2:
         raise InputError(f"{path}: pixel data has shape {arr.shape}; expected one 2-D slice")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _rescale(ds, path)
     return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
 
 
-def _slice_order_key(ds) -> float:
+def _slice_order_key(item: tuple[Path, object]) -> float:
     """Position along the slice normal (ImagePositionPatient . normal); InstanceNumber where geometry is absent."""
-    iop, ipp = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    path, ds = item
+    iop = header_numbers(ds, "ImageOrientationPatient", 6, path)
+    ipp = header_numbers(ds, "ImagePositionPatient", 3, path)
     if iop is not None and ipp is not None:
-        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-        return float(np.dot(normal, np.asarray(ipp, float)))
-    return float(ds.get("InstanceNumber", 0) or 0)
+        normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+        return float(np.dot(normal, np.asarray(ipp)))
+    return (header_numbers(ds, "InstanceNumber", 1, path) or [0.0])[0]
 
 
 def is_derived_by_us(ds) -> bool:
@@ -141,7 +171,7 @@ def series_label(items: list[tuple[Path, object]]) -> str:
 
 def volume_from_datasets(items: list[tuple[Path, object]]) -> Volume:
     """Stack one series' slices in spatial order; the headers keep everything but the pixels."""
-    items = sorted(items, key=lambda item: _slice_order_key(item[1]))
+    items = sorted(items, key=_slice_order_key)
     slices = [_pixels(ds, path) for path, ds in items]
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:

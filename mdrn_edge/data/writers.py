@@ -16,8 +16,37 @@ import numpy as np
 
 import mdrn_edge
 from mdrn_edge.data.volume import Volume
+from mdrn_edge.errors import InputError
 
 LO_MAX = 64  # SeriesDescription is LO
+US_MAX = 65535  # Rows and Columns are US
+IS_MAX = 2**31 - 1  # SeriesNumber is IS
+SERIES_NUMBER_OFFSET = 1000  # the derived series' number: the source's + 1000, where that stays within IS
+STORED_DTYPES = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}
+
+
+def check_derivable(volume: Volume, scale: int) -> None:
+    """Refuse, before any inference, a DICOM series whose derived series could not be written: every problem
+    is one line naming the file and the field (header fields the writer reads, storable pixel formats, the
+    output's size)."""
+    from mdrn_edge.data.dicom import header_numbers
+
+    for path, ds in zip(volume.sources, volume.headers):
+        for keyword in ("SOPClassUID", "SOPInstanceUID"):
+            if not str(ds.get(keyword, "")).strip():
+                raise InputError(f"{path}: no {keyword}; a derived series must reference its source, fix the header")
+        key = (int(ds.get("BitsAllocated", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0) == 1)
+        if key not in STORED_DTYPES:
+            raise InputError(f"{path}: BitsAllocated {key[0]} cannot be written back (8 or 16 bits only); convert the "
+                             "series (e.g. to NIfTI) and super-resolve that")
+        rows, cols = int(ds.Rows) * scale, int(ds.Columns) * scale
+        if max(rows, cols) > US_MAX:
+            raise InputError(f"{path}: the x{scale} output would be {rows}x{cols}, beyond DICOM's {US_MAX} rows/columns; "
+                             "use a smaller scale or NIfTI output")
+        header_numbers(ds, "PixelSpacing", 2, path)
+        header_numbers(ds, "ImageOrientationPatient", 6, path)
+        header_numbers(ds, "ImagePositionPatient", 3, path)
+        header_numbers(ds, "SeriesNumber", 1, path)
 
 
 def subpixel_shift(scale: int) -> float:
@@ -27,12 +56,11 @@ def subpixel_shift(scale: int) -> float:
 
 def to_stored(values: np.ndarray, ds) -> np.ndarray:
     """Physical values -> stored integers: undo RescaleSlope/Intercept, round, clip to the BitsStored range."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
+    slope = float(ds.get("RescaleSlope", 1) or 1)  # checked by the reader
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}[
-        (int(ds.BitsAllocated), signed)]
+    dtype = STORED_DTYPES[(int(ds.BitsAllocated), signed)]
     return np.clip(np.rint((values - intercept) / slope), lo, hi).astype(dtype)
 
 
@@ -68,7 +96,8 @@ def derived_slice(src, pixels: np.ndarray, scale: int, series_uid: str, descript
     ds.SourceImageSequence = [ref]
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     if "SeriesNumber" in src and src.SeriesNumber not in (None, ""):
-        ds.SeriesNumber = int(src.SeriesNumber) + 1000
+        number = int(float(src.SeriesNumber))
+        ds.SeriesNumber = number + SERIES_NUMBER_OFFSET if number + SERIES_NUMBER_OFFSET <= IS_MAX else number
     ds.Rows, ds.Columns = int(src.Rows) * scale, int(src.Columns) * scale
     if "PixelSpacing" in src:
         row_sp, col_sp = (float(v) for v in src.PixelSpacing)

@@ -78,7 +78,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     """
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
     from mdrn_edge.data.nifti import is_nifti, read_nifti
-    from mdrn_edge.data.writers import DicomSeriesWriter, is_our_nifti, write_nifti
+    from mdrn_edge.data.writers import DicomSeriesWriter, check_derivable, is_our_nifti, write_nifti
     from mdrn_edge.fileio import check_output_path, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
     from mdrn_edge.runtime.pacs import Destination, echo, send_output
@@ -108,6 +108,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     with runner:
         if scale and int(scale) != runner.scale:
             raise InputError(f"{path}: is a x{runner.scale} model but --scale is {scale}; drop --scale or pick a x{scale} model")
+        for volume in volumes if not nifti else []:  # every series checked before any inference
+            check_derivable(volume, runner.scale)
         desc = runner.describe()
         log.info("model %s (%s), backend %s on %s", runner.info.name, path.name, runner.backend, desc.get("provider"))
         with staged(out, directory=not nifti) as tmp:
