@@ -3,6 +3,7 @@ the input stays byte-identical and nothing appears under OUT."""
 
 import struct
 
+import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
@@ -69,3 +70,27 @@ def test_a_series_number_at_the_top_of_the_is_range_stays_in_range(tmp_path):
     res = CliRunner().invoke(infer_cli, [str(src), "--output", str(tmp_path / "out"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert int(pydicom.dcmread(tmp_path / "out" / "0001.dcm").SeriesNumber) <= 2**31 - 1
+
+
+def test_an_output_beyond_dicoms_rows_and_columns_is_refused_before_inference(tmp_path):
+    def wide(ds):
+        ds.PixelData = np.zeros((8, 8192), np.int16).tobytes()
+        ds.Rows, ds.Columns = 8, 8192
+
+    src = _variant(tmp_path / "in", wide).parent
+    res = CliRunner().invoke(infer_cli, [str(src), "--output", str(tmp_path / "out"), "--scale", "8", "--no-progress"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "beyond DICOM's 65535" in lines[0], res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_32_bit_pixels_are_one_line(tmp_path):
+    def bits32(ds):
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+        ds.PixelData = np.zeros((64, 64), np.int32).tobytes()
+
+    src = _variant(tmp_path / "in", bits32).parent
+    res = CliRunner().invoke(infer_cli, [str(src), "--output", str(tmp_path / "out"), "--no-progress"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "BitsAllocated 32" in lines[0], res.output
+    assert not (tmp_path / "out").exists()
