@@ -287,7 +287,9 @@ ground truth, on an anatomy crop and on a dark crop of air (window 0-0.25), with
   texture (texture above 1, PSNR below bicubic), which a radiologist would reject. Both are measured above.
 - k-space truncation (`--degradation kspace`) was tried as the training degradation at x4 and generalised worst:
   on bicubic-degraded slices and on other scanners it lost to bicubic by 3.5 to 6 dB (it learns to undo ringing
-  that bicubic LR does not have). The runs are in `training/mdrn-x4-noise-*`.
+  that bicubic LR does not have). That run predates the alignment of k-space LR to the bicubic geometry (its LR
+  was shifted by (s-1)/2 HR pixels), so it is to be repeated before k-space is ruled out. The runs are in
+  `training/mdrn-x4-noise-*`.
 """
 
 
