@@ -194,3 +194,19 @@ def test_mdrn_send_refuses_a_dead_pacs_and_says_what_to_do(tmp_path):
     res = CliRunner().invoke(mdrn_cli, ["send", str(tmp_path / "out"), "--to", "PACS@127.0.0.1:9"])
     assert one_line(res, 8) and "unreachable" in res.output
     assert digest(all_files(tmp_path / "out")) == before
+
+
+def test_mdrn_export_never_overwrites_silently(tmp_path):
+    from mdrn_edge.cli.export import command as export_cli
+
+    out = tmp_path / "o"
+    assert CliRunner().invoke(export_cli, ["mdrn-x4", "--output", str(out), "--no-engine"]).exit_code == 0
+    first = digest(all_files(out))
+    res = CliRunner().invoke(export_cli, ["mdrn-x4", "--output", str(out), "--no-engine"])
+    assert one_line(res, 2) and "already exists" in res.output and digest(all_files(out)) == first
+    res = CliRunner().invoke(export_cli, ["mdrn-x4", "--output", str(out), "--no-engine", "--overwrite"])
+    assert res.exit_code == 0, res.output  # an earlier export of ours: replaced
+    (out / "mdrn-x4.onnx").write_bytes(b"the user's own file")
+    res = CliRunner().invoke(export_cli, ["mdrn-x4", "--output", str(out), "--no-engine", "--overwrite"])
+    assert one_line(res, 2) and "not written by mdrn-export" in res.output
+    assert (out / "mdrn-x4.onnx").read_bytes() == b"the user's own file"

@@ -28,10 +28,11 @@ from mdrn_edge.errors import MissingDependencyError
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimisation level (default 3).")
 @click.option("--check-data", multiple=True, help="Real HR slices (DICOM/NIfTI) for the checks  [default: the bundled sample].")
 @click.option("--max-psnr-drop", type=float, default=0.05, help="Largest FP16 PSNR loss (dB) against FP32 before the export fails.")
+@click.option("--overwrite", is_flag=True, help="Replace same-named files of an earlier mdrn-export in --output (never other files).")
 @json_option
 @user_errors
 def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape, workspace, timing_cache,
-            version_compatible, opt_level, check_data, max_psnr_drop, as_json):
+            version_compatible, opt_level, check_data, max_psnr_drop, overwrite, as_json):
     """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
 
     MODEL is a checkpoint (.pt), a shipped name (mdrn-x4) or, on a device without PyTorch (a Jetson), an
@@ -44,7 +45,7 @@ def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape,
     cfg = ExportConfig(fp16=fp16, engine=engine, opset=opset, profile=Profile.parse(min_shape, opt_shape, max_shape),
                        workspace_mb=workspace, timing_cache=Path(timing_cache) if timing_cache else None,
                        version_compatible=version_compatible, opt_level=opt_level, check_data=check_data,
-                       max_psnr_drop=max_psnr_drop)
+                       max_psnr_drop=max_psnr_drop, overwrite=overwrite)
     artifacts = export(model, output, cfg, progress=None if as_json else lambda step: click.echo(f"- {step} ...", err=True))
     if as_json:
         emit_json(summarize(model, artifacts))

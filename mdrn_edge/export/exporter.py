@@ -42,6 +42,7 @@ class ExportConfig:
     opt_level: int | None = None
     check_data: Sequence[str | Path] = ()
     max_psnr_drop: float = 0.05
+    overwrite: bool = False  # replace same-named files an earlier mdrn-export wrote (never anyone else's)
 
     def formats(self) -> list[str]:
         return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["engine"] if self.engine is not False else [])]
@@ -208,9 +209,44 @@ def _stage_dir(output: Path) -> Path:
         raise InputError(f"{output}: cannot write the output folder ({exc.strerror}); choose a writable --output") from None
 
 
-def _publish(stage: Path, output: Path) -> None:
-    """Move every staged file into the output folder (each rename atomic)."""
-    for f in sorted(stage.iterdir()):
+def written_by_us(path: Path) -> bool:
+    """An ONNX file with mdrn-edge's metadata, an engine with its sidecar, or a sidecar: what --overwrite may replace."""
+    import json
+
+    from mdrn_edge.runtime.sidecar import SIDECAR_FORMAT, sidecar_path
+
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            from mdrn_edge.modelinfo import METADATA_KEY
+
+            return any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+        if path.suffix == ".json":
+            return json.loads(path.read_text()).get("format") == SIDECAR_FORMAT
+        return sidecar_path(path).is_file() and written_by_us(sidecar_path(path))
+    except Exception:
+        return False
+
+
+def check_targets(output: Path, names: list[str], overwrite: bool) -> None:
+    """Refuse to replace a same-named file unless --overwrite was given and mdrn-export wrote it."""
+    for name in names:
+        target = output / name
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                raise InputError(f"{target}: already exists; pass --overwrite to replace an earlier export, or choose "
+                                 "another --output")
+            if target.is_symlink() or not written_by_us(target):
+                raise InputError(f"{target}: exists and was not written by mdrn-export; --overwrite only replaces "
+                                 "earlier exports, choose another --output")
+
+
+def _publish(stage: Path, output: Path, overwrite: bool) -> None:
+    """Check every target again, then move every staged file into the output folder (each rename atomic)."""
+    files = sorted(stage.iterdir())
+    check_targets(output, [f.name for f in files], overwrite)
+    for f in files:
         os.replace(f, output / f.name)
 
 
@@ -225,6 +261,7 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
 
     path, info, net = load_source(source)
     output = Path(output_dir)
+    check_targets(output, [f"{info.name}.onnx", *([f"{info.name}.fp16.onnx"] if cfg.fp16 else [])], cfg.overwrite)
     stage = _stage_dir(output)
     job = None
     try:
@@ -233,7 +270,7 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
             if progress:
                 progress(f"{fmt}: {FORMATS[fmt][0]}")
             job.artifacts[fmt] = FORMATS[fmt][1](job)
-        _publish(stage, output)
+        _publish(stage, output, cfg.overwrite)
     finally:
         if job:
             job.close()
