@@ -210,3 +210,14 @@ def test_mdrn_export_never_overwrites_silently(tmp_path):
     res = CliRunner().invoke(export_cli, ["mdrn-x4", "--output", str(out), "--no-engine", "--overwrite"])
     assert one_line(res, 2) and "not written by mdrn-export" in res.output
     assert (out / "mdrn-x4.onnx").read_bytes() == b"the user's own file"
+
+
+def test_a_damaged_slice_inside_a_series_folder_is_an_error_not_a_skipped_file(tmp_path):
+    """Skipping a truncated image would silently drop a slice from the series."""
+    src = make_series(tmp_path / "in", 3)
+    victim = sorted(src.glob("*.dcm"))[1]
+    victim.write_bytes(victim.read_bytes()[:-1000])  # cut inside the pixel data
+    before = digest(all_files(src))
+    res = infer(src, "--output", tmp_path / "out")
+    assert one_line(res, 2) and victim.name in res.output and not (tmp_path / "out").exists()
+    assert digest(all_files(src)) == before

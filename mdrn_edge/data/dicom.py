@@ -19,11 +19,6 @@ UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 log = logging.getLogger(__name__)
 
 
-def _our_output(folder: Path, root: Path) -> bool:
-    """Whether ``folder`` lies in an mdrn-edge output (a marker in it or a parent below ``root``)."""
-    return any((p / OUTPUT_MARKER).is_file() for p in (folder, *folder.parents) if p == root or root in p.parents)
-
-
 def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = None) -> list[Path]:
     """Expand folders (recursively; hidden files, DICOMDIR indexes and mdrn-edge's own earlier outputs skipped,
     the latter counted in ``skipped``) and keep files; a missing path is an error."""
@@ -31,9 +26,11 @@ def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = Non
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = [p for p in item.rglob("*")
+            entries = list(item.rglob("*"))
+            marked = {p.parent for p in entries if p.name == OUTPUT_MARKER}  # earlier mdrn-edge outputs
+            found = [p for p in entries
                      if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
-            ours = [p for p in found if _our_output(p.parent, item)]
+            ours = [p for p in found if marked.intersection(p.parents)]
             skipped["mdrn-edge output"] += len(ours)
             files += sorted(set(found) - set(ours))
         elif item.is_file():
@@ -45,6 +42,11 @@ def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = Non
     return files
 
 
+class NotAnImage(InputError):
+    """A file that is not a DICOM image at all (no preamble, or no pixel data): skipped inside a folder. A damaged
+    image is not this: it stays an error, since skipping it would silently drop a slice."""
+
+
 def _read_header(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -52,11 +54,11 @@ def _read_header(path: Path):
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise InputError(f"{path}: not a DICOM file (no DICM preamble); remove it or give DICOM files only") from None
+        raise NotAnImage(f"{path}: not a DICOM file (no DICM preamble); remove it or give DICOM files only") from None
     except Exception as exc:  # pydicom raises many kinds on damaged files
         raise InputError(f"{path}: unreadable DICOM ({first_line(exc)}); the file may be truncated") from None
     if "PixelData" not in ds:
-        raise InputError(f"{path}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')}); give image files only")
+        raise NotAnImage(f"{path}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')}); give image files only")
     return ds
 
 
@@ -140,7 +142,7 @@ def group_series(files: list[Path], given: Iterable[Path] = (),
     for path in files:
         try:
             ds = _read_header(path)
-        except InputError:
+        except NotAnImage:
             if path in given:
                 raise
             skipped["not DICOM"] += 1
