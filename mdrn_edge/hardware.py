@@ -1,4 +1,5 @@
-"""Names of the hardware a figure was measured or a model trained on, for checkpoints, cards and reports."""
+"""Names of the hardware a figure was measured or a model trained on, for checkpoints, cards and reports, and the
+memory a run may use."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def device_name(device: "torch.device") -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()}, {torch.get_num_threads()} of {os.cpu_count()} threads"
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable, else total physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from mdrn_edge.errors import INTERRUPTED_EXIT, OS_ERROR_EXIT, MdrnError
+from mdrn_edge.errors import INTERRUPTED_EXIT, OS_ERROR_EXIT, MdrnError, first_line
 from mdrn_edge.fileio import strict_json
 
 
@@ -28,7 +28,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                  kwargs.get("as_json"))
         except OSError as exc:  # permission, read-only or full disk, a path that is a file: the user's environment
             where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}; free space or choose a writable path and run again", OS_ERROR_EXIT,
+            fail(f"{where}{exc.strerror or first_line(exc)}; free space or choose a writable path and run again", OS_ERROR_EXIT,
                  kwargs.get("as_json"))
 
     return wrapper

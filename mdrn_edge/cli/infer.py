@@ -11,6 +11,7 @@ from mdrn_edge.cli.common import (
     MAX_THREADS, SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.runtime import BACKENDS
+from mdrn_edge.runtime.pipeline import CLIP_MODES
 
 
 @click.command("infer", cls=OneLineCommand, context_settings=SETTINGS)
@@ -27,12 +28,16 @@ from mdrn_edge.runtime import BACKENDS
 @click.option("--batch", type=click.IntRange(1, 256), help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime  [default: ONNX Runtime's choice].")
 @click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output data type.")
+@click.option("--clip", type=click.Choice(CLIP_MODES), default="series", show_default=True,
+              help="series: values stay within the input series' own range (no negative MR magnitude from overshoot; "
+                   "signed data keeps its negatives); none: the network's values, bounded only by what the output "
+                   "format stores.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (only once the new result is complete).")
 @click.option("--send", "send_to", metavar="AET@HOST:PORT", help="Also store the result in a PACS with DICOM C-STORE.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap, batch, threads, nifti_dtype, overwrite,
+def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap, batch, threads, nifti_dtype, clip, overwrite,
             send_to, progress, as_json):
     """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
 
@@ -45,7 +50,7 @@ def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap
     stop_on_signals()
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, backend=backend,
                            device=device, tensorrt_ep=trt_ep, tile=tile, overlap=overlap, batch=batch, threads=threads,
-                           nifti_dtype=nifti_dtype, overwrite=overwrite, send_to=send_to,
+                           nifti_dtype=nifti_dtype, clip=clip, overwrite=overwrite, send_to=send_to,
                            progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if as_json:
         emit_json(result.to_dict())

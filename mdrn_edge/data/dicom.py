@@ -97,8 +97,20 @@ def _pixels(ds, path: Path) -> np.ndarray:
         raise InputError(f"{path}: {ds.SamplesPerPixel}-sample (e.g. RGB) image; MDRN needs greyscale MR slices")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); give single-frame slices")
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if bits not in (8, 16, 32):
+        raise InputError(f"{path}: BitsAllocated {bits} (a 1-bit mask or an unusual format), not a greyscale MR "
+                         "slice; give 8-, 16- or 32-bit images")
+    if ts in UNCOMPRESSED:  # the size the header claims, against the bytes the file holds, before decoding
+        claimed = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * bits // 8
+        held = len(ds.get_item("PixelData").value or b"")
+        if claimed == 0 or held < claimed:
+            raise InputError(f"{path}: Rows x Columns {ds.get('Rows')}x{ds.get('Columns')} claims {claimed} bytes of "
+                             f"pixels, the file holds {held}; the header or the file is damaged")
     try:
-        arr = ds.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's multi-line warnings; anything wrong is our one line
+            arr = ds.pixel_array
     except Exception as exc:
         if ts in UNCOMPRESSED:
             raise InputError(f"{path}: cannot decode pixel data ({first_line(exc)}); the file may be truncated") from None
@@ -122,6 +134,35 @@ def _slice_order_key(item: tuple[Path, object]) -> float:
         normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
         return float(np.dot(normal, np.asarray(ipp)))
     return (header_numbers(ds, "InstanceNumber", 1, path) or [0.0])[0]
+
+
+WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}  # binary VRs whose words are stored in the file's byte order
+
+
+def little_endian(ds):
+    """A header read from a big-endian file, re-encoded so it can be written as explicit VR little endian (the
+    derived series' transfer syntax; pydicom refuses to convert on writing): every element decoded while the
+    original byte order is known, binary words swapped, unknown-VR (UN) elements, whose layout cannot be known,
+    dropped."""
+    if ds.original_encoding[1] is not False:
+        return ds
+    for elem in list(ds.iterall()):  # decodes each raw element with the big-endian encoding it was read with
+        if elem.VR in WORD_BYTES and isinstance(elem.value, bytes):
+            size = WORD_BYTES[elem.VR]
+            elem.value = np.frombuffer(elem.value, f">u{size}").astype(f"<u{size}").tobytes()
+    for elem in [e for e in ds.iterall() if e.VR == "UN"]:
+        _drop(ds, elem.tag)
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def _drop(ds, tag) -> None:
+    if tag in ds:
+        del ds[tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _drop(item, tag)
 
 
 def is_derived_by_us(ds) -> bool:
@@ -181,7 +222,7 @@ def volume_from_datasets(items: list[tuple[Path, object]]) -> Volume:
     headers = []
     for _, ds in items:
         del ds.PixelData
-        headers.append(ds)
+        headers.append(little_endian(ds))
     first = headers[0]
     return Volume(
         data=np.stack(slices),

@@ -48,8 +48,8 @@ class Normalizer:
     """Maps stored intensities to about [0, 1] and back.
 
     ``fixed``: clip to [0, max_value] and divide by it (paper sec. 3.1: 2000). ``percentile``: ``max_value`` is
-    measured per volume as its ``percentile``-th percentile; values are divided by it and clipped below at 0 only,
-    so the inverse is exact for every non-negative input. ``minmax``: each slice to [0, 1] by its own minimum and
+    measured per volume as its ``percentile``-th percentile and mapped to 1, 0 stays 0 (or, for signed data, the
+    volume's minimum maps to 0); nothing is clipped, so the inverse is exact for every input. ``minmax``: each slice to [0, 1] by its own minimum and
     maximum, the paper's evaluation protocol; exactly invertible.
     """
 
@@ -89,11 +89,12 @@ class Normalizer:
             if volume.ndim == 2:
                 lo, span = lo.reshape(()), span.reshape(())
             return Scaling(lo, span)
-        value = float(np.percentile(volume, self.percentile))
-        if not np.isfinite(value) or value <= 0:
-            peak = float(np.max(volume))
-            value = peak if peak > 0 else 1.0  # an all-dark volume: keep it finite
-        return Scaling(np.zeros(()), np.asarray(value), 0.0, None)
+        low = min(0.0, float(volume.min()))  # MR magnitude: 0; signed data (phase, CT, float NIfTI): its minimum
+        span = float(np.percentile(volume, self.percentile)) - low
+        if not np.isfinite(span) or span <= 0:
+            span = float(np.max(volume)) - low
+            span = span if span > 0 else 1.0  # a constant volume: keep it finite
+        return Scaling(np.asarray(low), np.asarray(span))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterator
 
 import numpy as np
 
 from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError
+from mdrn_edge.hardware import available_memory
 from mdrn_edge.runtime.base import Runner
 from mdrn_edge.runtime.tiling import run_tiled
 
 UNKNOWN_BYTES_PER_LR_PIXEL = 17000  # a model file that predates the measured figure: EDSR's, the largest measured
+CLIP_MODES = ("series", "none")  # series: outputs within the input series' own physical range; none: unclipped
 BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
 
 
@@ -21,18 +22,6 @@ def activation_bytes(runner: Runner, lr_pixels: int) -> int:
     (declared by its model file, carried in the model info)."""
     per_pixel = runner.info.bytes_per_lr_pixel if runner.info and runner.info.bytes_per_lr_pixel else UNKNOWN_BYTES_PER_LR_PIXEL
     return lr_pixels * per_pixel
-
-
-def available_memory() -> int:
-    """Bytes of memory available to this process now (MemAvailable, else total physical memory)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: int | None, budget: int) -> int:
@@ -52,12 +41,19 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
 
 def super_resolve_volume(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
                   batch: int | None = None, progress: Callable[[int], None] | None = None,
-                  memory_budget: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  memory_budget: int | None = None, clip: str = "series") -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first slice index, SR slices)`` chunks in the volume's physical units, so that callers write
-    each chunk as it comes and memory never holds the whole super-resolved volume."""
+    each chunk as it comes and memory never holds the whole super-resolved volume.
+
+    ``clip="series"`` keeps outputs within the input's own minimum and maximum: a network's overshoot at edges
+    must not make MR magnitude negative or exceed what the scanner stored, while signed data keeps its negative
+    values. ``clip="none"`` returns the network's values as they are."""
+    if clip not in CLIP_MODES:
+        raise InputError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     if min(volume.data.shape[-2:]) < 2:
         raise InputError(f"{volume.sources[0]}: a {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small "
                          "to super-resolve; give slices of at least 2x2 pixels")
+    bounds = (float(volume.data.min()), float(volume.data.max())) if clip == "series" else None
     scaling = runner.info.normalizer.fit(volume.data)
     x = scaling.normalize(volume.data)
     budget = memory_budget or int(0.5 * available_memory())
@@ -78,6 +74,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | None = None
             sr = run_tiled(runner.infer, x[i], s, tile, overlap, per_call)[None]
         else:
             sr = runner.infer(x[i : i + step, None])[:, 0]
-        yield i, scaling.denormalize(sr, first=i)
+        out = scaling.denormalize(sr, first=i)
+        yield i, np.clip(out, *bounds, out=out) if bounds else out
         if progress:
             progress(len(sr))

@@ -67,13 +67,14 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                   scale: int | None = None, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
                   tile: int | None = None, overlap: int | None = None, batch: int | None = None,
                   threads: int | None = None, nifti_dtype: str = "keep", overwrite: bool = False,
-                  send_to: str | None = None, progress: Progress = _no_progress) -> InferResult:
+                  send_to: str | None = None, clip: str = "series", progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
     ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4).
     A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``) the
-    result is also stored in a PACS by C-STORE. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
+    result is also stored in a PACS by C-STORE. Values come back in the input's stored units; ``clip`` (see
+    :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
     errors, before writing anything where it can.
     """
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
@@ -117,7 +118,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
                 target = out if nifti else out / folder.relative_to(tmp)
                 with progress(volume.n_slices, volume.description[:30] or "series") as bar:
-                    chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update)
+                    chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip)
                     if nifti:  # nibabel writes whole volumes
                         write_nifti(volume, np.concatenate([sr for _, sr in chunks]), runner.scale, tmp, nifti_dtype)
                         files = [out]
