@@ -151,3 +151,39 @@ def test_an_unwritable_output_location_is_one_line(tmp_path):
     src = make_series(tmp_path / "in", 1)
     refused(run(src, "--output", "/proc/mdrn-edge-out"), 5, "writable path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+# --- model files -----------------------------------------------------------------------------------------------
+
+MODEL_FILE_CASES = {
+    "scale_text": (lambda info: info.update(scale="four"), "scale must be a positive integer"),
+    "unknown_key": (lambda info: info.update(colour="red"), "unknown model info keys"),
+    "bad_normaliser": (lambda info: info.update(normalizer={"mode": "zscore"}), "normaliser mode"),
+    "not_json": ("{not json", "not JSON"),
+    "no_metadata": (None, "not an mdrn-edge model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_FILE_CASES))
+def test_bad_model_metadata_is_one_line(tmp_path, case):
+    import json
+
+    import onnx
+
+    from mdrn_edge.runtime import resolve_model_file
+
+    edit, expected = MODEL_FILE_CASES[case]
+    model = onnx.load(resolve_model_file("mdrn-x4", None))
+    prop = next(p for p in model.metadata_props if p.key == "mdrn_edge")
+    if edit is None:
+        model.metadata_props.remove(prop)
+    elif isinstance(edit, str):
+        prop.value = edit
+    else:
+        info = json.loads(prop.value)
+        edit(info)
+        prop.value = json.dumps(info)
+    onnx.save(model, tmp_path / "model.onnx")
+    res = run(mr_small(), "--output", tmp_path / "out", "--model", tmp_path / "model.onnx")
+    refused(res, 3, expected)
+    assert not (tmp_path / "out").exists()
