@@ -151,3 +151,13 @@ def staged(out: Path, directory: bool) -> Iterator[Path]:
         yield tmp
     finally:
         _remove(tmp)
+
+
+def project_path(path: str | Path) -> str:
+    """``path`` as reports and committed results name it: relative to the project (``../shared/data/...``), or to
+    the working directory where mdrn-edge is installed as a package; never the machine's absolute path."""
+    import mdrn_edge
+
+    root = Path(mdrn_edge.__file__).resolve().parents[1]
+    base = root if (root / "setup.cfg").is_file() else Path.cwd()
+    return os.path.relpath(Path(path).resolve(), base)

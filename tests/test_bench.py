@@ -63,3 +63,43 @@ def test_table3_and_machine_capability(report):
 def test_unknown_backend_is_one_line(tmp_path):
     res = CliRunner().invoke(bench_cli, ["--output", str(tmp_path), "--backends", "cuda-magic"])
     assert res.exit_code != 0 and "valid: torch-fp32-cpu" in res.output
+
+
+def test_end_to_end_series_rows_against_plain_calls(tmp_path):
+    """mdrn-bench --series: a fresh mdrn-infer per tile mode on a real series (MR2_UNCR crops, 200 x 180, so the
+    default tiles apply), beside plain whole-slice calls; paths in the report relative, never absolute."""
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    series = tmp_path / "series"
+    series.mkdir()
+    pixels = pydicom.dcmread(get_testdata_file("MR2_UNCR.dcm")).pixel_array
+    uid = generate_uid()
+    for k in range(2):
+        ds = pydicom.dcmread(get_testdata_file("MR2_UNCR.dcm"))
+        ds.PixelData = np.ascontiguousarray(pixels[300 + k : 500 + k, 400:580]).tobytes()
+        ds.Rows, ds.Columns = 200, 180
+        ds.SeriesInstanceUID, ds.InstanceNumber = uid, k + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(series / f"{k}.dcm")
+    out = tmp_path / "report"
+    res = CliRunner().invoke(bench_cli, ["--output", str(out), "--sizes", "16", "--min-time", "0.05", "--json",
+                                         "--backends", "onnxruntime-fp32-cpu", "--no-table3", "--series", str(series),
+                                         "--series-scales", "4"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    rows = {r["tile"]: r for r in data["series"]}
+    assert set(rows) == {"auto", "off"}
+    for r in rows.values():
+        assert r["slices"] == 2 and r["lr_size"] == "200x180" and r["scale"] == 4
+        assert r["wall_s"] > 0 and 0 < r["share_of_matmul_peak"] < 1.5 and 50 < r["peak_rss_mb"] < 4000
+        assert not r["series"].startswith("/")
+    assert set(data["ratios"]["series_speedup_vs_plain_calls"]) == {"x4 200x180 (2 slices)"}
+    assert "End to end" in (out / "report.md").read_text()
+
+
+def test_series_scales_must_be_shipped(tmp_path):
+    res = CliRunner().invoke(bench_cli, ["--output", str(tmp_path / "r"), "--series", str(tmp_path), "--series-scales", "3"])
+    assert res.exit_code == 2 and "shipped models" in res.output

@@ -62,6 +62,16 @@ def markdown(report: dict[str, Any]) -> str:
         row = report["models"][0]
         lines += ["", f"Ours: {row['device']}, LR {row['lr_size']}x{row['lr_size']}, batch 1, PyTorch FP32 eager; memory is "
                   f"{row['peak_mem_kind']}. The paper: {row['paper_device']}. Weights: {row['weights']} (MDRN)."]
+    if report.get("series"):
+        lines += ["", "## End to end: mdrn-infer on a real series", "",
+                  "A fresh `mdrn-infer` process per row (start, read, infer, write DICOM), against plain whole-slice "
+                  "ONNX Runtime calls of the same model on the same slices in one warm session.", "",
+                  "| series | scale | LR size | slices | tile | wall s | slices/s | GFLOP/s | share of matmul | peak RSS MB "
+                  "| vs plain whole-slice calls | tiled vs whole per call |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["series"]:
+            lines.append(f"| {r['series']} | x{r['scale']} | {r['lr_size']} | {r['slices']} | {r['tile']} | {r['wall_s']:.1f} | "
+                         f"{r['slices_per_s']:.2f} | {r['achieved_gflops']:.1f} | {r['share_of_matmul_peak']:.0%} | "
+                         f"{r['peak_rss_mb']:.0f} | {r['speedup_vs_plain_calls']:.2f}x | {r['tiled_vs_whole_per_call']:.2f}x |")
     ratios = report["ratios"]
     if ratios.get("onnxruntime_cpu_speedup"):
         lines += ["", "## Ratios", "", "| LR size / batch | ONNX Runtime CPU vs PyTorch eager CPU | first result, light runtime vs torch |",

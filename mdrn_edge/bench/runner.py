@@ -20,6 +20,7 @@ from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import degrade, imresize
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.evaluate import score
+from mdrn_edge.fileio import project_path
 from mdrn_edge.hardware import cpu_model
 from mdrn_edge.metrics import psnr
 
@@ -53,6 +54,8 @@ class BenchConfig:
     min_time: float = 1.0
     table3: bool = True
     table3_size: int = 256
+    series: Sequence[str] = ()  # series folders for the end-to-end rows (mdrn-infer wall time)
+    series_scales: Sequence[int] = (2, 4)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -187,9 +190,17 @@ def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path:
     return files[f"onnx-{spec['precision']}"]
 
 
-def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def flops_per_lr_pixel(arch: str, scale: int, config: dict[str, Any] | None = None) -> float:
+    """FLOPs per LR pixel of one forward pass (counted at 64 x 64; the count is linear in pixels)."""
     from mdrn_edge.models import build_model
     from mdrn_edge.models.stats import count_flops
+
+    config = {k: v for k, v in (config or {}).items() if k != "scale"}
+    return count_flops(build_model(arch, scale, **config), 64) / 64**2
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    from mdrn_edge.bench.series import series_rows
 
     names = [n for n in cfg.backends]
     reasons = {n: unavailable(n) for n in names}
@@ -198,7 +209,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
     with tempfile.TemporaryDirectory(prefix="mdrn-bench-") as tmp:
         work = Path(tmp)
         files, info = prepare_models(cfg, work, runnable)
-        flops_per_pixel = count_flops(build_model(info.arch, info.scale, **{k: v for k, v in info.config.items() if k != "scale"}), 64) / 64**2
+        flops_per_pixel = flops_per_lr_pixel(info.arch, info.scale, info.config)
         normalizer = info.normalizer
         peak = {"cpu": matmul_gflops("cpu")}
         if any(BACKENDS[n]["device"] == "cuda" for n in runnable):
@@ -240,18 +251,21 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
                         "achieved_gflops": achieved, "share_of_matmul_peak": achieved / capability,
                     })
         models = table3(cfg, work, progress) if cfg.table3 else []
+    series = series_rows(cfg.series, cfg.series_scales, lambda s: flops_per_lr_pixel(info.arch, s), peak["cpu"],
+                         progress) if cfg.series else []
     return {
         "schema": "mdrn-edge-bench/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(), "versions": versions(),
         "model": {"name": cfg.model, **{k: info.to_dict()[k] for k in ("arch", "scale", "normalizer", "checkpoint_sha256")}},
-        "data": [str(p) for p in cfg.data] or ["bundled sample: pydicom MR_small.dcm"],
+        "data": [project_path(p) for p in cfg.data] or ["bundled sample: pydicom MR_small.dcm"],
         "settings": {"sizes": list(cfg.sizes), "batches": list(cfg.batches), "min_time_s": cfg.min_time,
                      "border_shaved": info.scale, "protocol": "antialiased"},
         "matmul_gflops": peak,
         "results": results,
         "models": models,
-        "ratios": ratios(results),
+        "series": [{**row, "series": project_path(row["series"])} for row in series],
+        "ratios": {**ratios(results), **series_ratios(series)},
     }
 
 
@@ -288,6 +302,14 @@ def table3(cfg: BenchConfig, work: Path, progress: Callable[[str], None]) -> lis
                      "paper_peak_mem_mb": paper_mem, "paper_time_ms": paper_ms, "paper_device": "RTX 3090",
                      **({"skipped": measured["skipped"]} if "skipped" in measured else {})})
     return rows
+
+
+def series_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """End to end (default tiles) against plain whole-slice calls, and tiled against whole per call."""
+    auto = [r for r in rows if r["tile"] == "auto"]
+    key = lambda r: f"x{r['scale']} {r['lr_size']} ({r['slices']} slices)"  # noqa: E731
+    return {"series_speedup_vs_plain_calls": {key(r): r["speedup_vs_plain_calls"] for r in auto},
+            "tiled_vs_whole_per_call": {key(r): r["tiled_vs_whole_per_call"] for r in auto}} if rows else {}
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:

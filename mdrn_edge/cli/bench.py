@@ -32,10 +32,15 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--min-time", type=float, default=1.0, help="Seconds of timed runs per measurement (after warm-up).")
 @click.option("--no-table3", is_flag=True, help="Skip the MDRN/EDSR/RFDN efficiency comparison.")
 @click.option("--table3-size", type=int, default=256, help="LR size of the efficiency comparison (the paper's FLOPs are at 256).")
+@click.option("--series", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A real DICOM series folder for the end-to-end rows: mdrn-infer's wall time, slices/s and peak RSS "
+                   "against plain whole-slice calls, tiled and whole (repeatable).")
+@click.option("--series-scales", default="2,4", show_default=True, help="Scales of the end-to-end rows.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for report.json, report.md and plots.")
 @json_option
 @user_errors
-def command(model, backends, sizes, batches, data, min_time, no_table3, table3_size, output, as_json):
+def command(model, backends, sizes, batches, data, min_time, no_table3, table3_size, series, series_scales, output,
+            as_json):
     """Benchmark PyTorch, ONNX Runtime and TensorRT on real MRI slices; each backend runs in its own process."""
     require("torch", "bench")
     from mdrn_edge.bench.report import write_report
@@ -45,9 +50,14 @@ def command(model, backends, sizes, batches, data, min_time, no_table3, table3_s
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(BACKENDS)}")
+    scales = _ints(series_scales, "--series-scales")
+    if not set(scales) <= {2, 4, 8}:
+        raise InputError(f"--series-scales {series_scales!r}: the shipped models are x2, x4 and x8")
     cfg = BenchConfig(model=model, backends=names, sizes=_ints(sizes, "--sizes"), batches=_ints(batches, "--batch"),
-                      data=data, min_time=min_time, table3=not no_table3, table3_size=table3_size)
-    steps = len(cfg.sizes) * len(cfg.batches) * len(names) + (3 if cfg.table3 else 0)
+                      data=data, min_time=min_time, table3=not no_table3, table3_size=table3_size,
+                      series=series, series_scales=scales)
+    steps = (len(cfg.sizes) * len(cfg.batches) * len(names) + (3 if cfg.table3 else 0)
+             + len(cfg.series) * len(cfg.series_scales) * 3)
     with progress_bar(steps, "bench", not as_json) as bar:
         def tick(label: str) -> None:
             bar.set_postfix_str(label)

@@ -12,6 +12,24 @@ from mdrn_edge.cli.common import (
 )
 from mdrn_edge.runtime import BACKENDS
 from mdrn_edge.runtime.pipeline import CLIP_MODES
+from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
+
+
+class TileParam(click.ParamType):
+    """``auto``, ``off`` (whole slices) or a tile size in LR pixels."""
+
+    name = "auto|off|T"
+
+    def convert(self, value, param, ctx):
+        if value in ("auto", "off", None) or isinstance(value, int):
+            return None if value == "off" else value
+        try:
+            size = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not auto, off or a number of LR pixels", param, ctx)
+        if size < MIN_TILE:
+            self.fail(f"{size} is smaller than {MIN_TILE}", param, ctx)
+        return size
 
 
 @click.command("infer", cls=OneLineCommand, context_settings=SETTINGS)
@@ -23,8 +41,10 @@ from mdrn_edge.runtime.pipeline import CLIP_MODES
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="ONNX Runtime device; auto tries CUDA, then CPU.")
 @click.option("--trt-ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first.")
-@click.option("--tile", type=click.IntRange(8), help="Infer in tiles of TxT LR pixels (memory bounded by the tile).")
-@click.option("--overlap", type=click.IntRange(0), help="Tile overlap in LR pixels  [default: the model's receptive field, 71 for MDRN].")
+@click.option("--tile", type=TileParam(), default="auto", show_default=True,
+              help=f"Infer in tiles of about TxT LR pixels: auto tiles slices larger than {DEFAULT_TILE} (tiles that stay in "
+                   "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
+@click.option("--overlap", type=click.IntRange(0), help=f"Tile overlap in LR pixels  [default: {DEFAULT_OVERLAP}, measured seam-free on real MRI].")
 @click.option("--batch", type=click.IntRange(1, 256), help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
 @click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime  [default: ONNX Runtime's choice].")
 @click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output data type.")

@@ -74,7 +74,8 @@ def _remove_stale(ds) -> None:
             delattr(ds, keyword)
 
 
-def derived_slice(src, pixels: np.ndarray, scale: int, series_uid: str, description: str, derivation: str, now: datetime):
+def derived_slice(src, scale: int, series_uid: str, description: str, derivation: str, now: datetime):
+    """The derived slice's header (everything but PixelData, which :func:`save_with_pixels` appends)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
@@ -107,10 +108,32 @@ def derived_slice(src, pixels: np.ndarray, scale: int, series_uid: str, descript
             shift = subpixel_shift(scale)
             ipp = np.asarray(src.ImagePositionPatient, float) + iop[:3] * col_sp * shift + iop[3:] * row_sp * shift
             ds.ImagePositionPatient = [f"{v:.10g}" for v in ipp]
-    stored = to_stored(pixels, src)
-    ds.PixelData = stored.tobytes()
-    ds["PixelData"].VR = "OW" if stored.itemsize > 1 else "OB"
+    for tag in [t for t in ds.keys() if t.group > PIXEL_DATA_GROUP]:  # e.g. digital signatures of the source
+        del ds[tag]
     return ds
+
+
+PIXEL_DATA_GROUP = 0x7FE0
+
+
+def save_with_pixels(ds, pixels: np.ndarray, path: Path) -> None:
+    """Write ``ds`` with ``pixels`` (stored integers) as its PixelData, explicit VR little endian.
+
+    pydicom holds several copies of the pixel data while it writes (an 8192 x 8192 slice: four of 128 MB); here
+    pydicom writes the header and the pixels follow straight from the array: PixelData is the last element of the
+    data set, (7FE0,0010) with VR OW (OB for 8-bit) and an explicit 32-bit length."""
+    import struct
+
+    from pydicom.filewriter import dcmwrite
+
+    pixels = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
+    vr = b"OW" if pixels.itemsize > 1 else b"OB"
+    with open(path, "wb") as f:
+        dcmwrite(f, ds, enforce_file_format=True)
+        f.write(struct.pack("<HH2sHI", PIXEL_DATA_GROUP, 0x0010, vr, 0, pixels.nbytes + pixels.nbytes % 2))
+        f.write(memoryview(pixels).cast("B"))
+        if pixels.nbytes % 2:
+            f.write(b"\0")  # DICOM values have even length
 
 
 class DicomSeriesWriter:
@@ -127,12 +150,17 @@ class DicomSeriesWriter:
                            "not for primary diagnosis")
         self.files: list[Path] = []
 
+    def encode(self, k: int, values: np.ndarray) -> np.ndarray:
+        """Physical values of slice ``k`` (or some of its rows) as the integers its file stores."""
+        return to_stored(values, self.volume.headers[k])
+
     def write(self, first: int, slices: np.ndarray) -> None:
+        """Write slices ``first, first + 1, ...`` given as stored integers (see :meth:`encode`)."""
         for k, pixels in enumerate(slices, start=first):
-            ds = derived_slice(self.volume.headers[k], pixels, self.scale, self.series_uid, self.description,
+            ds = derived_slice(self.volume.headers[k], self.scale, self.series_uid, self.description,
                                self.derivation, self.now)
             path = self.folder / f"{k + 1:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
+            save_with_pixels(ds, pixels, path)
             self.files.append(path)
 
 

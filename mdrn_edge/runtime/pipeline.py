@@ -10,10 +10,11 @@ from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError
 from mdrn_edge.hardware import available_memory
 from mdrn_edge.runtime.base import Runner
-from mdrn_edge.runtime.tiling import run_tiled
+from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, tiled_rows
 
 UNKNOWN_BYTES_PER_LR_PIXEL = 17000  # a model file that predates the measured figure: EDSR's, the largest measured
 CLIP_MODES = ("series", "none")  # series: outputs within the input series' own physical range; none: unclipped
+Encoder = Callable[[int, np.ndarray], np.ndarray]  # (slice index, physical rows) -> rows as the writer stores them
 BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
 
 
@@ -31,7 +32,7 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
     h, w = (min(tile, shape[0]), min(tile, shape[1])) if tile else shape
     per_item = activation_bytes(runner, h * w)
     if per_item > budget:
-        hint = "use a smaller --tile" if tile else "use --tile 256 (tiled inference bounds memory by the tile)"
+        hint = "use a smaller --tile" if tile else f"use --tile {DEFAULT_TILE} (tiled inference bounds memory by the tile)"
         raise InputError(f"a {shape[0]}x{shape[1]} slice needs about {per_item / 2**30:.1f} GiB to infer whole, "
                          f"more than the {budget / 2**30:.1f} GiB available; {hint}")
     fit = max(1, budget // per_item)
@@ -39,42 +40,62 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
     return int(min(batch or default, fit))
 
 
-def super_resolve_volume(volume: Volume, runner: Runner, tile: int | None = None, overlap: int | None = None,
-                  batch: int | None = None, progress: Callable[[int], None] | None = None,
-                  memory_budget: int | None = None, clip: str = "series") -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(first slice index, SR slices)`` chunks in the volume's physical units, so that callers write
-    each chunk as it comes and memory never holds the whole super-resolved volume.
+def resolve_tile(tile: int | str | None, shape: tuple[int, int]) -> int | None:
+    """The tile size to use: ``"auto"`` tiles slices larger than :data:`DEFAULT_TILE` (faster on a CPU and
+    bounded in memory, see :mod:`~mdrn_edge.runtime.tiling`); ``None`` or 0 infers whole slices."""
+    if tile == "auto":
+        return DEFAULT_TILE if max(shape) > DEFAULT_TILE else None
+    if tile is not None and not isinstance(tile, int):
+        raise InputError(f"tile must be 'auto', 0 (whole slices) or a number of LR pixels, got {tile!r}")
+    return tile or None
 
-    ``clip="series"`` keeps outputs within the input's own minimum and maximum: a network's overshoot at edges
-    must not make MR magnitude negative or exceed what the scanner stored, while signed data keeps its negative
-    values. ``clip="none"`` returns the network's values as they are."""
+
+def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None = "auto", overlap: int | None = None,
+                         batch: int | None = None, progress: Callable[[int], None] | None = None,
+                         memory_budget: int | None = None, clip: str = "series",
+                         encode: Encoder | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first slice index, SR slices)`` chunks, so that callers write each chunk as it comes and memory
+    never holds the whole super-resolved volume.
+
+    Values are in the volume's physical units, or what ``encode(slice index, rows)`` makes of them (a writer's
+    stored integers): tiled slices are encoded band by band as the stitcher releases rows, so a large slice is held
+    once, in its output type, and never as float32. ``clip="series"`` keeps outputs within the input's own minimum
+    and maximum: a network's overshoot at edges must not make MR magnitude negative or exceed what the scanner
+    stored, while signed data keeps its negative values. ``clip="none"`` returns the network's values as they are."""
     if clip not in CLIP_MODES:
         raise InputError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     if min(volume.data.shape[-2:]) < 2:
         raise InputError(f"{volume.sources[0]}: a {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small "
                          "to super-resolve; give slices of at least 2x2 pixels")
+    tile = resolve_tile(tile, volume.data.shape[-2:])
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    if tile and overlap >= tile:
+        raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
     bounds = (float(volume.data.min()), float(volume.data.max())) if clip == "series" else None
     scaling = runner.info.normalizer.fit(volume.data)
     x = scaling.normalize(volume.data)
     budget = memory_budget or int(0.5 * available_memory())
     per_call = plan_batch(runner, x.shape[-2:], tile, batch, budget)
     s = runner.scale
-    if tile:
-        field = runner.info.receptive_field
-        if overlap is None and field is None:
-            raise InputError(f"{runner.path}: this model file does not state its receptive field; give --overlap "
-                             "or re-export it with mdrn-export")
-        overlap = field if overlap is None else overlap
-        if overlap >= tile:
-            raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}; the default overlap is the "
-                             f"model's receptive field ({field} LR pixels)")
-    step = 1 if tile else per_call
-    for i in range(0, len(x), step):
+
+    def finish(k: int, sr: np.ndarray) -> np.ndarray:  # rows of slice k: physical units, clipped, encoded
+        out = scaling.denormalize(sr[None], first=k)[0]
+        if bounds:
+            np.clip(out, *bounds, out=out)
+        return encode(k, out) if encode else out
+
+    for i in range(0, len(x), 1 if tile else per_call):
         if tile:
-            sr = run_tiled(runner.infer, x[i], s, tile, overlap, per_call)[None]
+            out = None
+            for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call):
+                rows = finish(i, rows)
+                if out is None:
+                    out = np.empty((x.shape[1] * s, x.shape[2] * s), rows.dtype)
+                out[row : row + len(rows)] = rows
+            chunk = out[None]
         else:
-            sr = runner.infer(x[i : i + step, None])[:, 0]
-        out = scaling.denormalize(sr, first=i)
-        yield i, np.clip(out, *bounds, out=out) if bounds else out
+            sr = runner.infer(x[i : i + per_call, None])[:, 0]
+            chunk = np.stack([finish(i + k, one) for k, one in enumerate(sr)])
+        yield i, chunk
         if progress:
-            progress(len(sr))
+            progress(len(chunk))

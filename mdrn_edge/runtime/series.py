@@ -10,14 +10,16 @@ import contextlib
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
 from mdrn_edge.errors import InputError
+from mdrn_edge.runtime.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class InferResult:
     model_file: str
     scale: int
     seconds: float
-    tile: int | None
+    tile: int | str | None
     series: list[dict[str, Any]] = field(default_factory=list)
     sent: int | None = None
     skipped: str = ""  # what reading left out (non-DICOM files, earlier mdrn-edge outputs), in one line
@@ -56,6 +58,24 @@ def _no_progress(total: int, desc: str) -> ContextManager[Any]:
     return contextlib.nullcontext(_Quiet())
 
 
+def write_behind(chunks: Iterator[tuple[int, np.ndarray]], write: Callable[[int, np.ndarray], None],
+                 depth: int = 2) -> None:
+    """Write each chunk in a second thread while the next one is inferred: ONNX Runtime and TensorRT release the
+    GIL while they compute, so encoding and writing files cost almost no wall time. At most ``depth`` chunks
+    wait, which bounds memory; an error on either side stops both and is raised here."""
+    pending: deque[Future] = deque()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mdrn-writer")
+    try:
+        for first, chunk in chunks:
+            pending.append(pool.submit(write, first, chunk))
+            while len(pending) > depth or (pending and pending[0].done()):
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def series_folder_name(index: int, volume) -> str:
     """``NN_<SeriesNumber>_<SeriesDescription>``, filesystem-safe: one folder per series of a study."""
     h = volume.headers[0]
@@ -65,7 +85,7 @@ def series_folder_name(index: int, volume) -> str:
 
 def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str | Path | None = None,
                   scale: int | None = None, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
-                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
+                  tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
                   threads: int | None = None, nifti_dtype: str = "keep", overwrite: bool = False,
                   send_to: str | None = None, clip: str = "series", progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
@@ -88,8 +108,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     t0 = time.perf_counter()
     inputs = [str(p) for p in inputs]
     dest = Destination.parse(send_to) if send_to else None
-    if tile is not None and tile < 8:
-        raise InputError(f"--tile {tile} is too small; use at least 64 (and more than --overlap)")
+    if isinstance(tile, int) and 0 < tile < MIN_TILE:
+        raise InputError(f"--tile {tile} is too small; use at least {MIN_TILE} (and more than --overlap), or auto")
     out = Path(output)
     nifti = any(is_nifti(p) for p in inputs)
     if nifti and (len(inputs) != 1 or not is_nifti(out)):
@@ -118,15 +138,15 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
                 target = out if nifti else out / folder.relative_to(tmp)
                 with progress(volume.n_slices, volume.description[:30] or "series") as bar:
-                    chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip)
                     if nifti:  # nibabel writes whole volumes
+                        chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip)
                         write_nifti(volume, np.concatenate([sr for _, sr in chunks]), runner.scale, tmp, nifti_dtype)
                         files = [out]
                     else:
                         folder.mkdir(exist_ok=True)
                         writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name, runner.backend)
-                        for first, sr in chunks:
-                            writer.write(first, sr)
+                        write_behind(super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
+                                                          encode=writer.encode), writer.write)
                         files = writer.files
                 series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
                                "files": len(files)})
