@@ -58,9 +58,10 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def strict_json(obj: Any) -> str:
-    """JSON that strict parsers accept: every non-finite float (inf, NaN) written as null."""
-    return json.dumps(_finite(obj), indent=2, default=str, allow_nan=False)
+def strict_json(obj: Any, indent: int | None = 2) -> str:
+    """JSON that strict parsers accept: every non-finite float (inf, NaN) written as null (``indent=None``: one
+    line, for JSON-lines streams)."""
+    return json.dumps(_finite(obj), indent=indent, default=str, allow_nan=False)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -1,8 +1,17 @@
-"""Small real artefacts for tests: a checkpoint trained for a few iterations by the real trainer."""
+"""Small real artefacts for tests: a checkpoint trained for a few iterations by the real trainer, and real Orthanc
+servers (Debian's orthanc) on loopback ports."""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from click.testing import CliRunner
 
@@ -20,3 +29,66 @@ def train_tiny(out: Path, scale: int = 4, iterations: int = 2, *extra: str) -> P
     res = CliRunner().invoke(command, args)
     assert res.exit_code == 0, res.output
     return out / "last.pt"
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OrthancServer:
+    """A real Orthanc on loopback: ``aet``, ``dicom_port``, ``url`` (REST), started by :func:`start_orthanc`."""
+
+    folder: Path
+    aet: str
+    dicom_port: int
+    http_port: int
+    modalities: dict
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dest(self) -> str:
+        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+
+    def start(self) -> "OrthancServer":
+        config = {"Name": self.aet, "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
+                  "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
+                  "Plugins": [], "HttpServerEnabled": True, "StableAge": 1, "DicomModalities": self.modalities,
+                  "DicomScuTimeout": 5}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(f"{self.url}/system", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"Orthanc {self.aet} did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+
+def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> OrthancServer:
+    if not Path(ORTHANC).exists():
+        pytest.skip(f"{ORTHANC} (Debian orthanc) is not installed; .ci/run installs it")
+    return OrthancServer(folder, aet, free_port(), free_port(), modalities or {}).start()

@@ -1,8 +1,6 @@
 import json
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from corpus import all_files, bad_inputs, digest, make_series, mr_small, shared_files
+from helpers import free_port, start_orthanc
 from mdrn_edge.cli.infer import command as infer_cli
 
 DCIODVFY = shutil.which("dciodvfy")
-ORTHANC = "/usr/sbin/Orthanc"
 
 
 def infer(*args):
@@ -87,35 +85,11 @@ def test_output_has_no_dciodvfy_error_the_input_lacks(series_out):
         assert not new, new
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def orthanc(tmp_path):
-    if not Path(ORTHANC).exists():
-        pytest.skip(f"{ORTHANC} (Debian orthanc) is not installed; .ci/run installs it")
-    dicom_port, http_port = _free_port(), _free_port()
-    config = {"Name": "mdrn-test", "StorageDirectory": str(tmp_path / "db"), "IndexDirectory": str(tmp_path / "db"),
-              "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
-              "AuthenticationEnabled": False, "DicomCheckCalledAet": True, "Plugins": [], "HttpServerEnabled": True}
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen([ORTHANC, str(tmp_path / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{base}/system", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("Orthanc did not start")
-    yield f"ORTHANC@127.0.0.1:{dicom_port}", base
-    proc.terminate()
-    proc.wait(timeout=20)
+    server = start_orthanc(tmp_path / "orthanc")
+    yield server.dest, server.url
+    server.stop()
 
 
 def _get(url):
@@ -140,7 +114,7 @@ def test_a_real_pacs_accepts_the_series(tmp_path, orthanc):
 
 
 def test_an_unreachable_pacs_is_found_before_inference_in_one_line(tmp_path):
-    res = infer(mr_small(), "--output", tmp_path / "out", "--send", f"NOBODY@127.0.0.1:{_free_port()}")
+    res = infer(mr_small(), "--output", tmp_path / "out", "--send", f"NOBODY@127.0.0.1:{free_port()}")
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 8 and len(lines) == 1 and "unreachable after 3 tries" in lines[0]
     assert not (tmp_path / "out").exists()  # checked with C-ECHO first: no inference, nothing written

@@ -8,13 +8,14 @@ is imported before the backend asks for it (the ONNX Runtime path never imports 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mdrn_edge.hardware import peak_rss_mb
 
 
 def _nvml_used_mb() -> float | None:
@@ -52,16 +53,6 @@ def _runner(spec: dict[str, Any]):
         return out
 
     return runner.infer, memory
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. ``VmHWM`` starts afresh at exec; ``ru_maxrss`` would inherit the parent's peak
-    through fork (measured: every worker reported the orchestrator's 435 MB)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:

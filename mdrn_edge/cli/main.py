@@ -144,9 +144,9 @@ def send(output: str, dest: str, as_json: bool) -> None:
 
 def _add_tools() -> None:
     """The stand-alone tools are sub-commands too: ``mdrn train`` == ``mdrn-train``."""
-    from mdrn_edge.cli import bench, export, infer, train
+    from mdrn_edge.cli import bench, export, infer, node, train
 
-    for module in (train, export, infer, bench):
+    for module in (train, export, infer, bench, node):
         main.add_command(module.command)
 
 

@@ -15,7 +15,8 @@ from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, tiled_rows
 UNKNOWN_BYTES_PER_LR_PIXEL = 17000  # a model file that predates the measured figure: EDSR's, the largest measured
 CLIP_MODES = ("series", "none")  # series: outputs within the input series' own physical range; none: unclipped
 Encoder = Callable[[int, np.ndarray], np.ndarray]  # (slice index, physical rows) -> rows as the writer stores them
-BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
+BATCH_PIXELS = 256 * 256
+FINISH_ROWS = 256  # output rows converted per step of a tiled slice  # batch small slices up to this many LR pixels per call; large ones go one by one
 
 
 def activation_bytes(runner: Runner, lr_pixels: int) -> int:
@@ -88,10 +89,11 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
         if tile:
             out = None
             for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call):
-                rows = finish(i, rows)
-                if out is None:
-                    out = np.empty((x.shape[1] * s, x.shape[2] * s), rows.dtype)
-                out[row : row + len(rows)] = rows
+                for k in range(0, len(rows), FINISH_ROWS):  # a few rows at a time: small temporaries
+                    done = finish(i, rows[k : k + FINISH_ROWS])
+                    if out is None:
+                        out = np.empty((x.shape[1] * s, x.shape[2] * s), done.dtype)
+                    out[row + k : row + k + len(done)] = done
             chunk = out[None]
         else:
             sr = runner.infer(x[i : i + per_call, None])[:, 0]

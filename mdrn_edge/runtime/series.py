@@ -19,6 +19,7 @@ from typing import Any, Callable, ContextManager, Iterator, Sequence
 import numpy as np
 
 from mdrn_edge.errors import InputError
+from mdrn_edge.hardware import peak_rss_mb
 from mdrn_edge.runtime.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class InferResult:
     series: list[dict[str, Any]] = field(default_factory=list)
     sent: int | None = None
     skipped: str = ""  # what reading left out (non-DICOM files, earlier mdrn-edge outputs), in one line
+    peak_rss_mb: float | None = None  # this process's peak memory so far (sizing a Jetson)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,4 +162,4 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, provider=desc.get("provider"),
                        providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
                        scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
-                       sent=sent, skipped=skipped_line(skipped))
+                       sent=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1))

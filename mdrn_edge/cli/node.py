@@ -1,0 +1,86 @@
+"""``mdrn-node``: super-resolve every new MR series that reaches an Orthanc and forward the result to the PACS."""
+
+from __future__ import annotations
+
+import click
+
+from mdrn_edge.cli.common import (
+    MAX_THREADS, SETTINGS, OneLineCommand, json_option, stop_on_signals, user_errors, version_option,
+)
+from mdrn_edge.fileio import strict_json
+
+
+def _line(event: dict) -> str:
+    """The one-line status of a series event."""
+    what = event.get("description") or event.get("series_uid") or event.get("series", "")
+    text = f"{event['outcome']}: series {what!r}" if event.get("series") else event["outcome"]
+    if event.get("slices"):
+        text += f" ({event['slices']} slices)"
+    if "seconds" in event:
+        text += " in " + ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in event["seconds"].items() if k.endswith("_s"))
+    if event.get("derived"):
+        text += f" -> derived series {event['derived']}"
+    if event.get("forward_job") and event["outcome"] == "forwarding":
+        text += f", forwarding (Orthanc job {event['forward_job']})"
+    if event.get("reason"):
+        text += f": {event['reason']}"
+    return text
+
+
+@click.command("node", cls=OneLineCommand, context_settings=SETTINGS)
+@version_option
+@click.option("--orthanc", "url", required=True, metavar="URL", help="Orthanc's HTTP address, e.g. http://127.0.0.1:8042.")
+@click.option("--user", help="Orthanc user (HTTP basic authentication).")
+@click.option("--password", envvar="MDRN_NODE_PASSWORD", help="Orthanc password (or the MDRN_NODE_PASSWORD environment variable).")
+@click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", help="Upscaling factor (picks the shipped model).")
+@click.option("--model", help="An .onnx or .engine file, or a shipped name  [default: mdrn-x{scale}].")
+@click.option("--forward", metavar="MODALITY", help="Orthanc modality (declared in its DicomModalities) to C-STORE each derived series to.")
+@click.option("--rules", "rules_file", type=click.Path(dir_okay=False), help="JSON rules: modalities, series_description (regex), body_parts, min_matrix, max_matrix  [default: MR, single-frame, 16..2048].")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default="mdrn-node-state", help="Folder for the node's SQLite state, audit.jsonl and work files.")
+@click.option("--once", is_flag=True, help="Handle what is pending, wait for the forwards (--forward-wait), and exit (tests, cron).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds between polls of the changes feed.")
+@click.option("--forward-wait", type=click.FloatRange(0, 3600), default=60.0, help="With --once: seconds to wait for forward jobs.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime.")
+@json_option
+@user_errors
+def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, threads,
+            as_json):
+    """Follow an Orthanc's changes feed; super-resolve each stable MR series; upload the derived series to the same
+    Orthanc and, with --forward, have Orthanc C-STORE it to the PACS.
+
+    \b
+    First setup:
+      1. Orthanc (apt install orthanc): in its configuration set "StableAge" (seconds without new instances
+         before a series counts as complete, e.g. 10) and declare the PACS in "DicomModalities",
+         e.g. "PACS": ["PACS", "10.0.0.5", 104]. Point the scanner's DICOM export at Orthanc.
+      2. mdrn-node --orthanc http://127.0.0.1:8042 --forward PACS --state /var/lib/mdrn-node
+    Progress lives in --state: a restarted node resumes where it stopped and never processes or forwards a
+    series twice. One status line per series on stdout (--json: one JSON object per line); audit.jsonl keeps
+    series, model, timings and outcome. SIGTERM stops cleanly: the series in hand is resumed at the next start.
+    """
+    from mdrn_edge.node import Node, NodeConfig, NodeState, Orthanc, Rules
+
+    stop_on_signals()
+    rules = Rules.from_file(rules_file) if rules_file else Rules()
+    orthanc = Orthanc(url, user, password)
+    orthanc.system()  # reachable and authorised, before anything else
+    if forward and forward not in orthanc.modalities():
+        from mdrn_edge.errors import InputError
+
+        raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
+                         "declare it in Orthanc's DicomModalities")
+    state = NodeState(state_dir)
+    say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: click.echo(_line(event)))
+    node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, threads=threads), say)
+    try:
+        node.run(once=once, interval=interval, forward_wait=forward_wait)
+        counts = state.counts()
+    finally:
+        state.close()
+        orthanc.close()
+    if once and not as_json:
+        click.echo("state: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no series seen"), err=True)
+
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,189 @@
+"""The node: follow Orthanc's changes feed, super-resolve each stable series the rules pick, upload the derived
+series to the same Orthanc and have Orthanc forward it (its own store job: retries and status stay in Orthanc).
+
+Nothing lost, nothing twice: the feed position and every series' state live in SQLite (:mod:`.state`); a series'
+download and output live under the state folder until its upload is recorded, so a node killed at any point
+resumes the series with the same output (uploading an instance twice is harmless: Orthanc answers AlreadyStored)
+and never starts a forward twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mdrn_edge.errors import MdrnError, first_line
+from mdrn_edge.fileio import OUTPUT_MARKER
+from mdrn_edge.node.orthanc import Orthanc, OrthancError
+from mdrn_edge.node.rules import Rules
+from mdrn_edge.node.state import TODO, NodeState
+
+FORWARD_ATTEMPTS = 10  # store jobs resubmitted at most this often, waiting 2, 4, 8 ... (at most 300) s between
+
+
+@dataclass
+class NodeConfig:
+    model: str | None = None
+    scale: int = 4
+    forward: str | None = None  # an Orthanc modality name
+    rules: Rules = Rules()
+    tile: int | str | None = "auto"
+    threads: int | None = None
+
+
+class Node:
+    """One worker beside one Orthanc. ``say(event)`` receives one dict per series event (the CLI prints it)."""
+
+    def __init__(self, orthanc: Orthanc, state: NodeState, config: NodeConfig,
+                 say: Callable[[dict[str, Any]], None] = lambda _: None) -> None:
+        self.orthanc, self.state, self.config, self.say = orthanc, state, config, say
+
+    # --- the feed ---------------------------------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Read the changes feed from where it was left; stable series become pending. Returns how many."""
+        since, found = self.state.last_change, 0
+        while True:
+            page = self.orthanc.changes(since)
+            stable = [c["ID"] for c in page.get("Changes", []) if c.get("ChangeType") == "StableSeries"]
+            since = int(page.get("Last", since))
+            self.state.record_changes(stable, since)
+            found += len(stable)
+            if page.get("Done", True):
+                return found
+
+    # --- one series -------------------------------------------------------------------------------------------------
+    def process_pending(self) -> None:
+        for row in self.state.in_state(*TODO):
+            self.process(row["id"])
+        if self.config.forward:  # uploaded by a node stopped before it could start the forward
+            for row in self.state.in_state("done"):
+                if not row["job_id"]:
+                    self._forward(row["id"], row["derived_id"])
+                    self._event(self.state.get(row["id"]), "forwarding")
+
+    def _forward(self, series_id: str, derived_id: str) -> str:
+        job = self.orthanc.store(self.config.forward, derived_id)
+        self.state.set(series_id, "forwarding", job_id=job)
+        return job
+
+    def process(self, series_id: str) -> None:
+        """Handle one series to done, skipped or failed (with the reason); Orthanc errors propagate (the node then
+        waits and tries again), everything else about the series is recorded and the node moves on."""
+        self.state.set(series_id, "processing")
+        info = self.orthanc.series(series_id)
+        tags = info.get("MainDicomTags", {})
+        record = {"series": series_id, "series_uid": tags.get("SeriesInstanceUID"),
+                  "description": tags.get("SeriesDescription", ""), "slices": len(info.get("Instances", []))}
+        if not info.get("Instances"):
+            return self._finish(series_id, "skipped", record, reason="no instances")
+        reason = self.config.rules.reason_to_skip(tags, self.orthanc.instance_tags(info["Instances"][0]))
+        if reason:
+            return self._finish(series_id, "skipped", record, reason=reason)
+        work = self.state.work / series_id
+        try:
+            timings, result = self._super_resolve(info, work)
+        except OrthancError:
+            raise
+        except MdrnError as exc:  # the series itself is the problem: recorded, skipped, the node goes on
+            shutil.rmtree(work, ignore_errors=True)
+            return self._finish(series_id, "failed", record, reason=first_line(exc, 300))
+        t0 = time.perf_counter()
+        derived = {self.orthanc.upload(f.read_bytes())["ParentSeries"] for f in sorted((work / "out").glob("*.dcm"))}
+        timings["upload_s"] = round(time.perf_counter() - t0, 2)
+        derived_id = derived.pop()
+        self.state.set(series_id, "done", derived_id=derived_id, reason=None)
+        shutil.rmtree(work, ignore_errors=True)
+        record.update(model=result["model"], scale=result["scale"], backend=result["backend"], derived=derived_id,
+                      seconds=timings)
+        if self.config.forward:
+            record["forward_job"] = self._forward(series_id, derived_id)
+        self._finish(series_id, self.state.get(series_id)["state"], record, state_set=True)
+
+    def _super_resolve(self, info: dict[str, Any], work: Path) -> tuple[dict[str, float], dict[str, Any]]:
+        """Download and super-resolve into ``work/out``; an output a stopped node completed is reused as it is."""
+        from mdrn_edge.runtime import super_resolve
+
+        out, timings = work / "out", {}
+        if (out / OUTPUT_MARKER).is_file():
+            return {"reused_output": True}, {"model": self.config.model or f"mdrn-x{self.config.scale}",
+                                             "scale": self.config.scale, "backend": "earlier run"}
+        shutil.rmtree(work, ignore_errors=True)  # a partial download or stage of a stopped node
+        (work / "in").mkdir(parents=True)
+        t0 = time.perf_counter()
+        for k, instance in enumerate(info["Instances"]):
+            (work / "in" / f"{k:05d}.dcm").write_bytes(self.orthanc.instance_file(instance))
+        timings["download_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        result = super_resolve([work / "in"], out, model=self.config.model, scale=self.config.scale,
+                               tile=self.config.tile, threads=self.config.threads)
+        timings["infer_s"] = round(time.perf_counter() - t0, 2)
+        return timings, {"model": result.model, "scale": result.scale, "backend": result.backend}
+
+    def _finish(self, series_id: str, state: str, record: dict[str, Any], reason: str | None = None,
+                state_set: bool = False) -> None:
+        if not state_set:
+            self.state.set(series_id, state, reason=reason)
+        event = {**record, "outcome": state, **({"reason": reason} if reason else {})}
+        self.state.audit(event)
+        self.say(event)
+
+    # --- forwards ---------------------------------------------------------------------------------------------------
+    def check_forwards(self) -> int:
+        """Follow the store jobs: success is recorded; a failed job is resubmitted with a doubling wait, and after
+        FORWARD_ATTEMPTS the series is ``forward_failed`` with Orthanc's reason. Returns the jobs still running."""
+        running = 0
+        for row in self.state.in_state("forwarding"):
+            job = self.orthanc.job(row["job_id"])
+            status = job.get("State")
+            if status == "Success":
+                self.state.set(row["id"], "forwarded", reason=None)
+                self._event(row, "forwarded")
+            elif status == "Failure":
+                reason = f"store to {self.config.forward} failed: {job.get('ErrorDescription', '?')}"
+                wait = min(300.0, 2.0 ** (row["attempts"] + 1))
+                if row["attempts"] + 1 >= FORWARD_ATTEMPTS:
+                    self.state.set(row["id"], "forward_failed", reason=reason, attempts=row["attempts"] + 1)
+                    self._event(row, "forward_failed", reason)
+                elif time.time() - row["updated"] >= wait:
+                    self.orthanc.resubmit(row["job_id"])
+                    self.state.set(row["id"], "forwarding", reason=reason, attempts=row["attempts"] + 1)
+                    self._event(row, "forward_retried", reason)
+                    running += 1
+                else:
+                    running += 1
+            else:
+                running += 1
+        return running
+
+    def _event(self, row: dict[str, Any], outcome: str, reason: str | None = None) -> None:
+        event = {"series": row["id"], "derived": row["derived_id"], "forward_job": row["job_id"],
+                 "attempts": row["attempts"], "outcome": outcome, **({"reason": reason} if reason else {})}
+        self.state.audit(event)
+        self.say(event)
+
+    # --- the loop ---------------------------------------------------------------------------------------------------
+    def run(self, once: bool = False, interval: float = 5.0, forward_wait: float = 60.0) -> None:
+        """Follow the feed until stopped (SIGTERM/Ctrl-C raise KeyboardInterrupt: the series in hand stays
+        ``processing`` and is resumed at the next start). ``once``: handle what is pending, wait up to
+        ``forward_wait`` seconds for the forwards, and return."""
+        while True:
+            try:
+                self.poll()
+                self.process_pending()
+                running = self.check_forwards()
+            except OrthancError as exc:
+                if once:
+                    raise
+                self.say({"outcome": "waiting", "reason": str(exc)})
+                time.sleep(interval)
+                continue
+            if once:
+                deadline = time.monotonic() + forward_wait
+                while running and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    running = self.check_forwards()
+                return
+            time.sleep(interval)

@@ -1,0 +1,226 @@
+"""mdrn-node against real Orthanc processes on loopback: A receives from "the scanner" by C-STORE, B is "the PACS"
+declared in A's modalities. Nothing is mocked: Orthanc decides when a series is stable and runs the store jobs."""
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from corpus import SHARED_SERIES, make_series, mr_small, shared_files
+from helpers import OrthancServer, free_port, start_orthanc
+from mdrn_edge.cli.node import command as node_cli
+from mdrn_edge.runtime.pacs import Destination, send_files
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def scanner_series(folder: Path) -> list[Path]:
+    """3 real VS-SEG slices where ../shared is present, else 3 slices of the bundled real MR slice."""
+    if SHARED_SERIES.is_dir():
+        return shared_files(60, 62)
+    return sorted(make_series(folder, 3).glob("*.dcm"))
+
+
+def copies(files, folder: Path, edit=None) -> list[Path]:
+    """The files as a new series (new UIDs), optionally edited."""
+    folder.mkdir(parents=True)
+    uid, out = generate_uid(), []
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if edit:
+            edit(ds, k)
+        out.append(folder / f"{k}.dcm")
+        ds.save_as(out[-1])
+    return out
+
+
+def wait_stable(server: OrthancServer, n: int, timeout: float = 30) -> None:
+    """Until Orthanc has declared ``n`` series stable (StableAge 1 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        changes = server.get("/changes?limit=1000")["Changes"]
+        if sum(c["ChangeType"] == "StableSeries" for c in changes) >= n:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"Orthanc {server.aet} did not declare {n} series stable")
+
+
+def node(server, state, *extra):
+    res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--state", str(state), "--once", "--json", *extra])
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return res, events
+
+
+def derived_series(server):
+    return [s for s in (server.get(f"/series/{sid}") for sid in server.get("/series"))
+            if s["MainDicomTags"].get("SeriesDescription", "").endswith("SR x4 MDRN")]
+
+
+def dciodvfy_errors(data: bytes, tmp: Path) -> set[str]:
+    path = tmp / f"check-{len(list(tmp.glob('check-*')))}.dcm"
+    path.write_bytes(data)
+    res = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True)
+    return {line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")}
+
+
+@pytest.fixture
+def pacs_and_scanner(tmp_path):
+    pacs = start_orthanc(tmp_path / "pacs", "PACS")
+    scanner = start_orthanc(tmp_path / "a", "ORTHANC", {"PACS": ["PACS", "127.0.0.1", pacs.dicom_port]})
+    yield pacs, scanner
+    scanner.stop()
+    pacs.stop()
+
+
+def test_node_super_resolves_forwards_and_never_twice(tmp_path, pacs_and_scanner):
+    pacs, scanner = pacs_and_scanner
+    mr = scanner_series(tmp_path / "mr")
+    ct = copies([get_testdata_file("CT_small.dcm")], tmp_path / "ct")
+    jpeg = copies([get_testdata_file("MR_small_jpeg_ls_lossless.dcm")], tmp_path / "jpeg")  # MR no decoder reads here
+    ours = tmp_path / "ours"
+    assert subprocess.run([sys.executable, "-m", "mdrn_edge.cli.infer", str(mr_small()), "--output", str(ours),
+                           "--no-progress"], capture_output=True).returncode == 0
+    for files in (mr, ct, jpeg, sorted(ours.glob("*.dcm"))):
+        send_files(list(files), Destination.parse(scanner.dest))
+    wait_stable(scanner, 4)
+    res, events = node(scanner, tmp_path / "state", "--forward", "PACS")
+    assert res.exit_code == 0, res.output
+    forwarding = [e for e in events if e["outcome"] == "forwarding"]
+    assert len(forwarding) == 1 and forwarding[0]["slices"] == 3 and forwarding[0]["model"] == "mdrn-x4"
+    reasons = [e.get("reason", "") for e in events if e["outcome"] == "skipped"]
+    assert any("modality CT" in r for r in reasons) and any("derived by mdrn-edge" in r for r in reasons)
+    failed = [e for e in events if e["outcome"] == "failed"]
+    assert len(failed) == 1 and "cannot decode pixel data" in failed[0]["reason"]
+    assert any(e["outcome"] == "forwarded" for e in events)
+
+    mr_desc = pydicom.dcmread(mr[0]).SeriesDescription
+    made = [s for s in derived_series(scanner) if s["MainDicomTags"]["SeriesDescription"].startswith(mr_desc[:20])]
+    assert len(made) == 1 and len(made[0]["Instances"]) == 3
+    uid = made[0]["MainDicomTags"]["SeriesInstanceUID"]
+    received = [pacs.get(f"/series/{sid}") for sid in pacs.get("/series")]
+    assert [s["MainDicomTags"]["SeriesInstanceUID"] for s in received] == [uid] and len(received[0]["Instances"]) == 3
+    tags = pacs.get(f"/instances/{received[0]['Instances'][0]}/simplified-tags")
+    assert int(tags["Rows"]) == 4 * int(pydicom.dcmread(mr[0]).Rows) and uid != pydicom.dcmread(mr[0]).SeriesInstanceUID
+    if DCIODVFY:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{pacs.url}/instances/{received[0]['Instances'][0]}/file") as r:
+            assert dciodvfy_errors(r.read(), tmp_path) <= dciodvfy_errors(mr[0].read_bytes(), tmp_path)
+
+    audit = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
+    assert {json.loads(line)["outcome"] for line in audit} >= {"forwarding", "forwarded", "skipped", "failed"}
+    assert all("model" in json.loads(line) for line in audit if json.loads(line)["outcome"] == "forwarding")
+
+    # run again: the derived series the node uploaded is seen (skipped as ours), nothing processed or forwarded twice
+    res, events = node(scanner, tmp_path / "state", "--forward", "PACS")
+    assert res.exit_code == 0, res.output
+    assert all(e["outcome"] == "skipped" for e in events)
+    assert len(derived_series(scanner)) == 2 and len(pacs.get("/series")) == 1  # ours from before + the node's
+
+
+def test_pacs_down_the_forward_is_retried_and_recorded(tmp_path):
+    pacs = OrthancServer(tmp_path / "pacs", "PACS", free_port(), free_port(), {})  # declared, not started yet
+    scanner = start_orthanc(tmp_path / "a", "ORTHANC", {"PACS": ["PACS", "127.0.0.1", pacs.dicom_port]})
+    try:
+        send_files(copies([mr_small()], tmp_path / "mr"), Destination.parse(scanner.dest))
+        wait_stable(scanner, 1)
+        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "8")
+        assert res.exit_code == 0, res.output  # the node does not crash
+        retried = [e for e in events if e["outcome"] == "forward_retried"]
+        assert retried and "store to PACS failed" in retried[0]["reason"]
+        row = sqlite3.connect(tmp_path / "state" / "node.sqlite").execute(
+            "SELECT state, attempts, reason FROM series WHERE state = 'forwarding'").fetchone()
+        assert row and row[1] >= 1 and "failed" in row[2]
+
+        pacs.start()  # the PACS is back: the next run resubmits Orthanc's job
+        time.sleep(2)
+        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "30")
+        assert res.exit_code == 0, res.output
+        assert any(e["outcome"] == "forwarded" for e in events), events
+        assert len(pacs.get("/series")) == 1
+    finally:
+        scanner.stop()
+        pacs.stop()
+
+
+def test_a_node_killed_mid_series_finishes_it_once_on_restart(tmp_path, pacs_and_scanner):
+    pacs, scanner = pacs_and_scanner
+    big = pydicom.dcmread(get_testdata_file("MR2_UNCR.dcm")).pixel_array
+
+    def enlarge(ds, k):  # 1024 x 1024 real slices: seconds of inference each at x2, time to be killed
+        ds.PixelData = np.ascontiguousarray(np.roll(big, k, axis=0)).tobytes()
+        ds.Rows = ds.Columns = 1024
+        ds.SeriesDescription = "big"
+
+    send_files(copies([mr_small()] * 2, tmp_path / "mr", enlarge), Destination.parse(scanner.dest))
+    wait_stable(scanner, 1)
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "mdrn_edge.cli.node", "--orthanc", scanner.url, "--state", str(state), "--once",
+           "--scale", "2", "--forward", "PACS"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        db = state / "node.sqlite"
+        if db.exists() and sqlite3.connect(db).execute("SELECT 1 FROM series WHERE state = 'processing'").fetchone():
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # into the download or the inference
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    states = [r[0] for r in sqlite3.connect(state / "node.sqlite").execute("SELECT state FROM series")]
+    assert states == ["processing"]  # killed mid-series, really
+    res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    made = [s for s in (scanner.get(f"/series/{sid}") for sid in scanner.get("/series"))
+            if s["MainDicomTags"].get("SeriesDescription", "").endswith("SR x2 MDRN")]
+    assert len(made) == 1 and len(made[0]["Instances"]) == 2
+    assert len(pacs.get("/series")) == 1 and len(pacs.get(f"/series/{pacs.get('/series')[0]}")["Instances"]) == 2
+    assert not any((state / "work").iterdir())  # nothing left behind
+
+
+@pytest.mark.parametrize("rules,expected", [('{"colour": 1}', "unknown rule"), ('{"max_matrix": -1}', "positive"),
+                                            ("[1]", "JSON object"), ('{"series_description": "("}', "regular expression")])
+def test_bad_rules_are_one_line(tmp_path, rules, expected):
+    (tmp_path / "rules.json").write_text(rules)
+    res = CliRunner().invoke(node_cli, ["--orthanc", "http://127.0.0.1:9", "--rules", str(tmp_path / "rules.json"),
+                                        "--state", str(tmp_path / "state"), "--once"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and expected in lines[0], res.output
+
+
+def test_an_unreachable_orthanc_is_one_line(tmp_path):
+    res = CliRunner().invoke(node_cli, ["--orthanc", f"http://127.0.0.1:{free_port()}", "--state", str(tmp_path / "s"),
+                                        "--once"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 8 and len(lines) == 1 and "check that Orthanc runs" in lines[0], res.output
+
+
+def test_an_unknown_forward_modality_and_a_shared_state_folder_are_one_line(tmp_path):
+    server = start_orthanc(tmp_path / "a")
+    try:
+        res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--forward", "NOPE", "--state", str(tmp_path / "s"),
+                                            "--once"])
+        assert res.exit_code == 2 and "not a modality" in res.output
+        from mdrn_edge.node import NodeState
+
+        held = NodeState(tmp_path / "s")
+        try:
+            res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--state", str(tmp_path / "s"), "--once"])
+            assert res.exit_code == 2 and "another mdrn-node" in res.output
+        finally:
+            held.close()
+    finally:
+        server.stop()
