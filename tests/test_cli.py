@@ -46,7 +46,8 @@ def test_unknown_model_name_lists_the_shipped_ones():
     assert res.exit_code != 0 and "shipped .pt models" in res.output
 
 
-@pytest.mark.parametrize("args", [[], ["summary"], ["eval"], ["sample"], ["train"], ["export"], ["infer"], ["bench"]])
+@pytest.mark.parametrize("args", [[], ["summary"], ["eval"], ["sample"], ["train"], ["export"], ["infer"], ["bench"],
+                                  ["node"], ["send"]])
 def test_every_command_has_complete_help(args):
     res = run(*args, "--help")
     assert res.exit_code == 0 and "Usage:" in res.output
@@ -55,7 +56,7 @@ def test_every_command_has_complete_help(args):
 
 
 @pytest.mark.parametrize("module,args", [("main", []), ("main", ["eval"]), ("main", ["summary"]), ("main", ["sample"]),
-                                         ("train", []), ("export", []), ("infer", []), ("bench", [])])
+                                         ("train", []), ("export", []), ("infer", []), ("bench", []), ("node", [])])
 def test_every_command_takes_h_and_version(module, args):
     import importlib
 

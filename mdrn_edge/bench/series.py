@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 TILE_MODES = ("auto", "off")
 
@@ -35,38 +34,18 @@ def run_infer(inputs: Sequence[str], output: Path, scale: int, tile: str) -> dic
     return {"wall_s": wall, "peak_rss_mb": result["peak_rss_mb"], "result": result}
 
 
-def call_times(model_file: Path, slices: np.ndarray, scale: int, repeats: int = 2) -> dict[str, float]:
-    """Seconds for plain whole-slice calls and for default-tiled calls over ``slices`` (normalised LR), in one
-    ONNX Runtime session, as a user's own loop would have. Whole and tiled alternate slice by slice and each
-    slice's best of ``repeats`` counts, so that drifting machine speed (shared CPUs) does not favour either."""
-    from mdrn_edge.runtime import create_runner
-    from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled
-
-    with create_runner(model_file, "onnxruntime", "cpu") as runner:
-        ways = {"whole_s": lambda x: runner.infer(x[None, None]),
-                "tiled_s": lambda x: run_tiled(runner.infer, x, scale, DEFAULT_TILE, DEFAULT_OVERLAP)}
-        for fn in ways.values():
-            fn(slices[0])  # warm-up
-        out = dict.fromkeys(ways, 0.0)
-        for x in slices:
-            best = dict.fromkeys(ways, float("inf"))
-            for _ in range(repeats):
-                for name, fn in ways.items():
-                    t0 = time.perf_counter()
-                    fn(x)
-                    best[name] = min(best[name], time.perf_counter() - t0)
-            for name in ways:
-                out[name] += best[name]
-    return out
-
-
 def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: Callable[[int], float],
-                matmul_gflops: float, progress: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
+                matmul_gflops: float, progress: Callable[[str], None] = lambda _: None,
+                repeats: int = 2) -> list[dict[str, Any]]:
     """One row per series, scale and tile mode (auto, off): slices/s, GFLOP/s, share of the matmul rate, peak
-    RSS, and the ratio to plain whole-slice calls; plus the per-call tiled and whole times."""
+    RSS, and the ratio to plain whole-slice calls; plus plain tiled calls against plain whole-slice calls.
+
+    The four ways (plain whole-slice calls, plain tiled calls, mdrn-infer with tiles, mdrn-infer with whole slices)
+    run in turn, ``repeats`` rounds, and each way's best round counts: on a shared machine whose speed drifts,
+    no way is favoured by when it ran."""
     from mdrn_edge.data import read_volume
-    from mdrn_edge.runtime import resolve_model_file
-    from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
+    from mdrn_edge.runtime import create_runner, resolve_model_file
+    from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled
 
     rows = []
     for folder in series:
@@ -74,22 +53,36 @@ def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: C
         n, h, w = volume.data.shape
         for scale in scales:
             model_file = resolve_model_file(None, scale)
-            with OnnxRuntimeRunner(model_file, "cpu") as probe:
-                x = probe.info.normalizer.fit(volume.data).normalize(volume.data)
-            progress(f"plain calls x{scale} {h}x{w}")
-            calls = call_times(model_file, x, scale)
+            best: dict[str, float] = {}
+            runs: dict[str, dict[str, Any]] = {}
+            with create_runner(model_file, "onnxruntime", "cpu") as runner:
+                x = runner.info.normalizer.fit(volume.data).normalize(volume.data)
+                plain = {"whole": lambda s: runner.infer(s[None, None]),
+                         "tiled": lambda s: run_tiled(runner.infer, s, scale, DEFAULT_TILE, DEFAULT_OVERLAP)}
+                for fn in plain.values():
+                    fn(x[0])  # warm-up
+                for _ in range(repeats):
+                    progress(f"x{scale} {h}x{w}: plain calls and mdrn-infer")
+                    for way, fn in plain.items():
+                        t0 = time.perf_counter()
+                        for one in x:
+                            fn(one)
+                        best[way] = min(best.get(way, float("inf")), time.perf_counter() - t0)
+                    for tile in TILE_MODES:
+                        with tempfile.TemporaryDirectory(prefix="mdrn-bench-series-") as tmp:
+                            run = run_infer([folder], Path(tmp) / "out", scale, tile)
+                        if run["wall_s"] < runs.get(tile, {"wall_s": float("inf")})["wall_s"]:
+                            runs[tile] = run
             flops = flops_per_pixel(scale) * h * w * n
             for tile in TILE_MODES:
-                progress(f"mdrn-infer x{scale} {h}x{w} tile {tile}")
-                with tempfile.TemporaryDirectory(prefix="mdrn-bench-series-") as tmp:
-                    run = run_infer([folder], Path(tmp) / "out", scale, tile)
+                run = runs[tile]
                 gflops = flops / run["wall_s"] / 1e9
                 rows.append({
                     "series": folder, "scale": scale, "tile": tile, "slices": n, "lr_size": f"{h}x{w}",
                     "wall_s": run["wall_s"], "slices_per_s": n / run["wall_s"], "achieved_gflops": gflops,
                     "share_of_matmul_peak": gflops / matmul_gflops, "peak_rss_mb": run["peak_rss_mb"],
-                    "plain_whole_calls_s": calls["whole_s"], "tiled_calls_s": calls["tiled_s"],
-                    "speedup_vs_plain_calls": calls["whole_s"] / run["wall_s"],
-                    "tiled_vs_whole_per_call": calls["whole_s"] / calls["tiled_s"],
+                    "plain_whole_calls_s": best["whole"], "tiled_calls_s": best["tiled"], "repeats": repeats,
+                    "speedup_vs_plain_calls": best["whole"] / run["wall_s"],
+                    "tiled_vs_whole_per_call": best["whole"] / best["tiled"],
                 })
     return rows

@@ -57,7 +57,7 @@ def command(model, backends, sizes, batches, data, min_time, no_table3, table3_s
                       data=data, min_time=min_time, table3=not no_table3, table3_size=table3_size,
                       series=series, series_scales=scales)
     steps = (len(cfg.sizes) * len(cfg.batches) * len(names) + (3 if cfg.table3 else 0)
-             + len(cfg.series) * len(cfg.series_scales) * 3)
+             + len(cfg.series) * len(cfg.series_scales) * 2)
     with progress_bar(steps, "bench", not as_json) as bar:
         def tick(label: str) -> None:
             bar.set_postfix_str(label)
