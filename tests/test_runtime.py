@@ -28,6 +28,7 @@ from mdrn_edge.runtime import create_runner, resolve_model_file, super_resolve
 from mdrn_edge.runtime.pipeline import super_resolve_volume
 from mdrn_edge.data import read_volume
 import mdrn_edge.runtime.tensorrt, mdrn_edge.runtime.pacs, mdrn_edge.data.writers, mdrn_edge.cli.infer
+import mdrn_edge.node, mdrn_edge.cli.node
 vol = read_volume([{str(mr_small())!r}])
 with create_runner(resolve_model_file(None, 4)) as r:
     out = np.concatenate([sr for _, sr in super_resolve_volume(vol, r)])
