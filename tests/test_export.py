@@ -18,7 +18,7 @@ from mdrn_edge.errors import ModelFileError
 from mdrn_edge.fileio import file_sha256
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
 from mdrn_edge.models.mdrn import MDRN
-from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
+from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner, provider_order
 from mdrn_edge.runtime.sidecar import check_compatible
 from mdrn_edge.runtime.tensorrt import tensorrt_unavailable_reason
 
@@ -43,7 +43,7 @@ def test_export_fp16_json_reports_parity_and_psnr_drop(exported):
     assert {"onnx", "onnx_fp16", "max_abs_err", "fp16_psnr_drop_db", "engine"} <= set(result)
     assert result["max_abs_err"] <= 1e-4
     assert result["fp16_psnr_drop_db"] <= 0.05
-    assert result["fp16_provider"] == "CPUExecutionProvider"
+    assert result["fp16_provider"] == provider_order("auto")[0]  # CUDA where onnxruntime-gpu has it, else CPU
     if tensorrt_unavailable_reason():
         assert result["engine"] is None and result["engine_skipped_reason"]
     assert sorted(p.name for p in out.iterdir()) == sorted(Path(a["path"]).name for a in result["artifacts"] if a["path"])

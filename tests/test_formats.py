@@ -187,3 +187,13 @@ def test_bad_model_metadata_is_one_line(tmp_path, case):
     res = run(mr_small(), "--output", tmp_path / "out", "--model", tmp_path / "model.onnx")
     refused(res, 3, expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_device_cuda_without_a_cuda_provider_is_one_line_not_a_silent_cpu_run(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider: --device cuda runs on the GPU here")
+    res = run(mr_small(), "--output", tmp_path / "out", "--device", "cuda")
+    refused(res, 4, "--device cuda", "no CUDA provider")
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mdrn_edge.errors import ModelFileError, first_line, require
+from mdrn_edge.errors import MissingDependencyError, ModelFileError, first_line, require
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
 from mdrn_edge.runtime.base import Runner
 
@@ -22,9 +22,15 @@ PROVIDERS = {
 
 
 def provider_order(device: str = "auto", tensorrt_ep: bool = False) -> list[str]:
-    """Providers to try, best first, among those this onnxruntime build has (CPU always last)."""
+    """Providers to try, best first, among those this onnxruntime build has (CPU always last). ``cuda`` asks for
+    the GPU: a build without the CUDA provider is one line, never a silent run on the CPU."""
     ort = require("onnxruntime", "runtime")
     available = set(ort.get_available_providers())
+    if device == "cuda" and PROVIDERS["cuda"] not in available:
+        raise MissingDependencyError(
+            f"--device cuda: this onnxruntime {ort.__version__} has no CUDA provider (it has "
+            f"{', '.join(sorted(available))}); install onnxruntime-gpu (pip install 'mdrn-edge[gpu]'), or use --device "
+            "auto or cpu")
     wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "auto": ["cuda", "cpu"]}[device]
     if tensorrt_ep and device != "cpu":
         wanted = ["tensorrt", *wanted]
@@ -38,6 +44,7 @@ class OnnxRuntimeRunner(Runner):
                  tensorrt_ep: bool = False, threads: int | None = None,
                  provider_options: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__(path)
+        self.device = device
         self.providers = providers or provider_order(device, tensorrt_ep)
         self.threads, self.provider_options = threads, provider_options or {}
         self.session = None
@@ -61,6 +68,10 @@ class OnnxRuntimeRunner(Runner):
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ModelFileError(f"{self.path}: not an mdrn-edge model (no '{METADATA_KEY}' metadata); export it with mdrn-export")
+        if self.device == "cuda" and self.provider not in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):
+            raise MissingDependencyError(
+                f"{self.path}: --device cuda, but ONNX Runtime fell back to {self.provider} (CUDA or cuDNN could not be "
+                "loaded); check the CUDA installation, or use --device auto or cpu")
         self.info = ModelInfo.from_json(meta[METADATA_KEY], str(self.path))
         log.info("onnxruntime %s: providers tried %s, running on %s", ort.__version__, self.providers, self.provider)
 
