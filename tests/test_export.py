@@ -263,3 +263,27 @@ def test_export_from_the_shipped_onnx_without_torch(tmp_path):
     assert result["max_abs_err"] is None and result["fp16_psnr_drop_db"] <= 0.05
     assert "not re-run" in result["artifacts"][0]["checks"]["torch_parity"]
     assert (tmp_path / "mdrn-x4.onnx").read_bytes() == (ROOT / "mdrn_edge" / "weights" / "mdrn-x4.onnx").read_bytes()
+
+
+def test_engine_check_pairs_fit_the_default_profile():
+    """#12 audit item 1: the bundled 64x64 sample at x4 gives 16x16 and 12x12 LR check slices, below the default
+    profile minimum 16x16 for the crop; the engine gate keeps only what the profile admits (cropping what exceeds
+    its maximum), so a default engine export no longer asks the engine for shapes it cannot run."""
+    from mdrn_edge.cli.export import command as export_command
+    from mdrn_edge.engines.tensorrt import Profile
+    from mdrn_edge.errors import ExportCheckError
+    from mdrn_edge.export.checks import check_pairs, within_profile
+    from mdrn_edge.runtime import create_runner, resolve_model_file
+
+    defaults = {p.name: p.default for p in export_command.params}
+    profile = Profile.parse(defaults["min_shape"], defaults["opt_shape"], defaults["max_shape"])
+    with create_runner(resolve_model_file("mdrn-x4", None)) as runner:
+        pairs = check_pairs([mr_small()], runner.info)
+    assert sorted(p.lr.shape[-1] for p in pairs) == [12, 16]  # what made every default engine export fail
+    kept = within_profile(pairs, profile.min[2:], profile.max[2:], 4, "model.engine")
+    assert [p.lr.shape[-2:] for p in kept] == [(16, 16)] and kept[0].hr.shape[-2:] == (64, 64)
+    cropped = within_profile(pairs, (8, 8), (10, 10), 4, "model.engine")
+    assert all(p.lr.shape[-2:] == (10, 10) and p.hr.shape[-2:] == (40, 40) for p in cropped)
+    assert np.array_equal(cropped[0].lr[0], pairs[0].lr[0, 3:13, 3:13])
+    with pytest.raises(ExportCheckError, match="admits none of the check slices"):
+        within_profile(pairs, (32, 32), (64, 64), 4, "model.engine")

@@ -30,6 +30,28 @@ def check_pairs(inputs: Sequence[str | Path], info: ModelInfo, max_slices: int =
     return [make_pairs(hr, scale, kernel), make_pairs(hr[:, y : y + ch, x : x + cw] + 0, scale, kernel)]
 
 
+def within_profile(pairs: list[EvalPairs], min_hw: tuple[int, int], max_hw: tuple[int, int], scale: int,
+                   what: str) -> list[EvalPairs]:
+    """The check pairs an engine profile admits: LR slices smaller than its minimum are left out, larger ones
+    centre-cropped to its maximum (with their HR); none left is one line, before the engine is asked to run
+    shapes it cannot (the bundled 64x64 sample at x4 gives 16x16 and 12x12 LR, the default minimum is 16x16)."""
+    kept = []
+    for pair in pairs:
+        h, w = pair.lr.shape[-2:]
+        if h < min_hw[0] or w < min_hw[1]:
+            continue
+        ch, cw = min(h, max_hw[0]), min(w, max_hw[1])
+        y, x = (h - ch) // 2, (w - cw) // 2
+        kept.append(EvalPairs(pair.lr[:, y : y + ch, x : x + cw], pair.hr[:, y * scale : (y + ch) * scale,
+                                                                           x * scale : (x + cw) * scale], pair.kernel))
+    if not kept:
+        sizes = ", ".join(f"{p.lr.shape[-2]}x{p.lr.shape[-1]}" for p in pairs)
+        raise ExportCheckError(f"{what}: its profile (LR {min_hw[0]}x{min_hw[1]} .. {max_hw[0]}x{max_hw[1]}) admits none "
+                               f"of the check slices (LR {sizes}); give --check-data with larger slices or a smaller "
+                               "--min-shape")
+    return kept
+
+
 def gate(reference: Runner, candidate: Runner, pairs: list[EvalPairs], what: str, max_abs_err: float | None = None,
          max_psnr_drop: float | None = None) -> dict[str, Any]:
     """``candidate`` against ``reference`` (both active) on the same slices: the largest absolute difference and

@@ -152,7 +152,7 @@ def export_engine(job: ExportJob) -> Artifact:
     if reason:
         return Artifact("engine", None, precision, skipped=reason)
     from mdrn_edge.engines.tensorrt import build_engine
-    from mdrn_edge.export.checks import gate
+    from mdrn_edge.export.checks import gate, within_profile
     from mdrn_edge.runtime.tensorrt import TensorRTRunner
 
     cfg, fp32 = job.cfg, job.artifacts["onnx"].path
@@ -160,7 +160,8 @@ def export_engine(job: ExportJob) -> Artifact:
     path = job.stage / (f"{job.info.name}.{precision}.engine" if cfg.fp16 else f"{job.info.name}.engine")
     _, sidecar = build_engine(fp32, fp16.path if fp16 else None, path, cfg.fp16, cfg.profile, cfg.workspace_mb,
                               cfg.timing_cache, cfg.version_compatible, cfg.opt_level)
-    checks = gate(job.onnx_runner(fp32), job.runner("trt", lambda: TensorRTRunner(path)), job.pairs, "the engine",
+    pairs = within_profile(job.pairs, cfg.profile.min[2:], cfg.profile.max[2:], job.info.scale, str(path))
+    checks = gate(job.onnx_runner(fp32), job.runner("trt", lambda: TensorRTRunner(path)), pairs, "the engine",
                   max_psnr_drop=cfg.max_psnr_drop)
     return Artifact("engine", path, precision, {**checks, "tensorrt_version": sidecar["tensorrt_version"],
                                                  "gpu": sidecar["gpu"]["name"]}, sidecar["build_seconds"])
