@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,11 @@ from corpus import SHARED_SERIES, mr_small
 from mdrn_edge.data import read_volume
 from mdrn_edge.data.degradation import crop_to_multiple, degrade
 from mdrn_edge.metrics import psnr
+from mdrn_edge.data.volume import Volume
+from mdrn_edge.errors import InputError
 from mdrn_edge.runtime import create_runner, resolve_model_file
+from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
+from mdrn_edge.runtime.pipeline import super_resolve_volume
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, axis_weights, plan_axis, run_tiled, tiled_rows
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # importing torch now raises ImportError\n"
@@ -141,3 +146,38 @@ def test_runner_refuses_nan_output_and_bad_batches():
             runner.infer(np.zeros((1, 3, 8, 8), np.float32))
         with pytest.raises(InferenceError, match="NaN/Inf"):
             runner.infer(np.full((1, 1, 8, 8), np.nan, np.float32))
+
+
+class ProfiledRunner(OnnxRuntimeRunner):
+    """ONNX Runtime computing, with a TensorRT-like profile (batch 1, at most 100 x 100 LR) enforced as TensorRT
+    does, and every input shape recorded: what the pipeline asks of an engine, checked without one."""
+
+    LIMITS = ((1, 1, 16, 16), (1, 1, 100, 100))
+
+    def __init__(self, path):
+        super().__init__(path, device="cpu")
+        self.shapes = []
+
+    def input_limits(self):
+        return self.LIMITS
+
+    def check_shape(self, shape):
+        self.shapes.append(shape)
+        lo, hi = self.LIMITS
+        if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+            raise InputError(f"input {shape} is outside the profile")
+
+
+def test_batches_and_tiles_stay_within_an_engine_profile():
+    """#12 audit item 2: series of several slices were batched 8 at a time against batch-1 profiles."""
+    data = np.stack([read_volume([get_testdata_file("MR2_UNCR.dcm")]).data[0][300 + k : 500 + k, 400:580]
+                     for k in range(3)])
+    volume = Volume(data=data, kind="nifti", sources=[Path("three.nii")])
+    with ProfiledRunner(resolve_model_file("mdrn-x4", None)) as runner:
+        out = np.concatenate([sr for _, sr in super_resolve_volume(volume, runner)])
+        assert out.shape == (3, 800, 720) and runner.shapes
+        assert all(n == 1 and 16 <= h <= 100 and 16 <= w <= 100 for n, _, h, w in runner.shapes)
+        with pytest.raises(InputError, match="--batch 1"):
+            list(super_resolve_volume(volume, runner, batch=4))
+        with pytest.raises(InputError, match="larger than the engine's profile admits"):
+            list(super_resolve_volume(volume, runner, tile=128))

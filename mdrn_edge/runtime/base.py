@@ -84,6 +84,11 @@ class Runner(ABC):
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Backends with fixed limits (TensorRT profiles) refuse out-of-range shapes here, before running."""
 
+    def input_limits(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The smallest and largest ``N x 1 x H x W`` input this backend runs (a TensorRT profile), or None for
+        any: the pipeline plans batches and tiles within them."""
+        return None
+
     # --- for backends -------------------------------------------------------------------------------------------
     @abstractmethod
     def activate_impl(self) -> None: ...

@@ -38,14 +38,23 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
                          f"more than the {budget / 2**30:.1f} GiB available; {hint}")
     fit = max(1, budget // per_item)
     default = 1 if tile else max(1, min(8, BATCH_PIXELS // (h * w)))
-    return int(min(batch or default, fit))
+    limits = runner.input_limits()
+    most = limits[1][0] if limits else fit  # an engine profile's largest batch
+    if batch and batch > most:
+        raise InputError(f"--batch {batch} is more than the engine's profile allows ({most}); use --batch {most} or "
+                         "rebuild the engine with a larger batch in --max-shape")
+    return int(min(batch or default, fit, most))
 
 
-def resolve_tile(tile: int | str | None, shape: tuple[int, int]) -> int | None:
+def resolve_tile(tile: int | str | None, shape: tuple[int, int],
+                 limits: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> int | None:
     """The tile size to use: ``"auto"`` tiles slices larger than :data:`DEFAULT_TILE` (faster on a CPU and
-    bounded in memory, see :mod:`~mdrn_edge.runtime.tiling`); ``None`` or 0 infers whole slices."""
+    bounded in memory, see :mod:`~mdrn_edge.runtime.tiling`), or than an engine profile's largest input, with
+    tiles it admits; ``None`` or 0 infers whole slices."""
     if tile == "auto":
-        return DEFAULT_TILE if max(shape) > DEFAULT_TILE else None
+        largest = min(limits[1][2:]) if limits else DEFAULT_TILE
+        size = min(DEFAULT_TILE, largest)
+        return size if max(shape) > size else None
     if tile is not None and not isinstance(tile, int):
         raise InputError(f"tile must be 'auto', 0 (whole slices) or a number of LR pixels, got {tile!r}")
     return tile or None
@@ -68,7 +77,12 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
     if min(volume.data.shape[-2:]) < 2:
         raise InputError(f"{volume.sources[0]}: a {volume.data.shape[-2]}x{volume.data.shape[-1]} image is too small "
                          "to super-resolve; give slices of at least 2x2 pixels")
-    tile = resolve_tile(tile, volume.data.shape[-2:])
+    limits = runner.input_limits()
+    largest = min(limits[1][2:]) if limits else None  # tiles an engine profile admits
+    tile = resolve_tile(tile, volume.data.shape[-2:], limits)
+    if tile and largest and tile > largest:
+        raise InputError(f"--tile {tile} is larger than the engine's profile admits ({largest}); use --tile {largest} "
+                         "or auto")
     overlap = DEFAULT_OVERLAP if overlap is None else overlap
     if tile and overlap >= tile:
         raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
@@ -88,7 +102,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
     for i in range(0, len(x), 1 if tile else per_call):
         if tile:
             out = None
-            for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call):
+            for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call, largest):
                 for k in range(0, len(rows), FINISH_ROWS):  # a few rows at a time: small temporaries
                     done = finish(i, rows[k : k + FINISH_ROWS])
                     if out is None:

@@ -94,13 +94,17 @@ class TensorRTRunner(Runner):
             raise ModelFileError(f"{self.path}: has no optimisation profile {self.profile}")
         self.profile_shapes = [tuple(map(tuple, engine.get_tensor_profile_shape(self.input_name, self.profile)))]
 
+    def input_limits(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        lo, _, hi = self.profile_shapes[0]
+        return tuple(lo), tuple(hi)
+
     def check_shape(self, shape: tuple[int, ...]) -> None:
         lo, _, hi = self.profile_shapes[0]
         if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
-            raise InputError(
-                f"input {'x'.join(map(str, shape))} is outside the engine's profile {'x'.join(map(str, lo))} .. "
-                f"{'x'.join(map(str, hi))}; use --tile, or rebuild with larger --max-shape"
-            )
+            hint = (f"use --batch {hi[0]} or rebuild with a larger batch in --max-shape" if not lo[0] <= shape[0] <= hi[0]
+                    else "use --tile, or rebuild with a larger --max-shape (or smaller --min-shape)")
+            raise InputError(f"input {'x'.join(map(str, shape))} is outside the engine's profile "
+                             f"{'x'.join(map(str, lo))} .. {'x'.join(map(str, hi))}; {hint}")
 
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, capacity = self._buffers.get(name, (0, 0))

@@ -26,18 +26,25 @@ DEFAULT_OVERLAP = 8  # LR pixels: measured seam-free (see the module docstring)
 Span = tuple[int, int]  # start, stop in LR pixels along one axis
 
 
-def plan_axis(length: int, tile: int, overlap: int) -> list[Span]:
+def plan_axis(length: int, tile: int, overlap: int, largest: int | None = None) -> list[Span]:
     """Equal spans of about ``tile`` covering ``length``, neighbours overlapping by at least ``overlap``.
 
     The span count is the one whose spans come nearest ``tile`` and the spans are spread evenly, so no thin last tile repeats
-    work (512 with tile 128 and overlap 8: four spans of 134, not five of 128)."""
+    work (512 with tile 128 and overlap 8: four spans of 134, not five of 128). ``largest`` caps the span (an
+    engine profile's largest input): more spans are taken rather than longer ones."""
     if tile < 1 or overlap < 0:
         raise ValueError(f"tile must be >= 1 and overlap >= 0, got tile {tile}, overlap {overlap}")
     if overlap >= tile:
         raise ValueError(f"overlap {overlap} must be smaller than the tile {tile}")
+    largest = largest or length
+    if largest <= overlap:
+        raise ValueError(f"the largest span {largest} must exceed the overlap {overlap}")
     n = round((length - overlap) / (tile - overlap))
-    if length <= tile or n <= 1:  # up to about 1.5 tiles: one span, a little over the tile
+    if length <= min(tile, largest) or (n <= 1 and length <= largest):  # up to about 1.5 tiles: one span
         return [(0, length)]
+    n = max(n, 2)
+    while math.ceil((length + (n - 1) * overlap) / n) > largest:
+        n += 1
     size = min(length, math.ceil((length + (n - 1) * overlap) / n))
     while True:
         starts = [i * (length - size) // (n - 1) for i in range(n)]
@@ -72,10 +79,10 @@ def axis_weights(spans: list[Span], scale: int) -> list[np.ndarray]:
 
 
 def tiled_rows(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, scale: int, tile: int, overlap: int,
-               batch: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+               batch: int = 1, largest: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """SR of one ``H x W`` slice by tiles, yielding ``(first output row, final rows)`` blocks top to bottom."""
     h, w = image.shape
-    rows, cols = plan_axis(h, tile, overlap), plan_axis(w, tile, overlap)
+    rows, cols = plan_axis(h, tile, overlap, largest), plan_axis(w, tile, overlap, largest)
     row_weights, col_weights = axis_weights(rows, scale), axis_weights(cols, scale)
     carry = None  # output rows shared with the previous band, already holding its share
     for i, (y0, y1) in enumerate(rows):
