@@ -1,4 +1,4 @@
-"""TensorRT 10 engine builder: ONNX -> serialized plan + JSON sidecar (TensorRT 10.3 on JetPack 6 and newer).
+"""TensorRT 10 engine builder: ONNX -> serialized plan + JSON sidecar (TensorRT 10.3 on JetPack 6.1 and newer).
 
 TensorRT is imported lazily: this module loads anywhere, and the error that says what to install appears on
 first use. CCA's statistics are pinned to FP32 (hand-written mean/variance/sqrt chains overflow in FP16).

@@ -10,7 +10,7 @@ import numpy as np
 
 from mdrn_edge.errors import MdrnError, MissingDependencyError
 
-INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13' on JetPack 6) or pycuda"
+INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13' on JetPack 6.1+) or pycuda"
 
 
 class CudaError(MdrnError):

@@ -24,7 +24,7 @@ from mdrn_edge.runtime.sidecar import check_compatible, read_sidecar, sidecar_pa
 log = logging.getLogger(__name__)
 
 TRT_MODULES = ("tensorrt", "tensorrt_lean")  # the full runtime, then the lean one (version-compatible plans)
-TRT_HINT = "install TensorRT 10 (JetPack 6 ships it; elsewhere pip install 'mdrn-edge[gpu]')"
+TRT_HINT = "install TensorRT 10 (JetPack 6.1+ ships 10.3; elsewhere pip install 'mdrn-edge[gpu]')"
 
 
 def import_tensorrt(modules: tuple[str, ...] = TRT_MODULES):
