@@ -7,6 +7,7 @@ import click
 from mdrn_edge.cli.common import (
     MAX_THREADS, SETTINGS, OneLineCommand, json_option, stop_on_signals, user_errors, version_option,
 )
+from mdrn_edge.errors import InputError
 from mdrn_edge.fileio import strict_json
 
 
@@ -65,8 +66,6 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     orthanc = Orthanc(url, user, password)
     orthanc.system()  # reachable and authorised, before anything else
     if forward and forward not in orthanc.modalities():
-        from mdrn_edge.errors import InputError
-
         raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
                          "declare it in Orthanc's DicomModalities")
     state = NodeState(state_dir)

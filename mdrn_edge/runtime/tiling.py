@@ -1,11 +1,11 @@
 """Tiled inference for large slices, NumPy only, streamed band by band.
 
-Why tiles: a CPU convolution runs fastest while a tile's feature maps stay in cache (measured on 2 cores: about
-6.7 us per LR pixel at 128 x 128 against 10-12 us for 256 x 256 and larger, `benchmarks/results/*/tiling.json`), and
-memory must be bounded by the tile, not the slice. Tiles of one band (a row of tiles) are blended with linear
-ramps exactly as wide as their overlap, so the weights sum to one everywhere and no normalisation image is needed;
-once a band is done, the output rows above the next band are final and leave as a block. Peak memory is one band
-of output plus the carried overlap, whatever the slice's size.
+Why tiles: memory must be bounded by the tile, not the slice, and a tile's feature maps stay closer to the cache
+(on 2 CPU cores default tiles ran 1.28x faster per call than whole 512x512 slices at x4 in the committed benchmark,
+but 0.93x on 384x274 slices: `benchmarks/results/cpu-2core-epyc/summary.md`). Tiles of one band (a row of tiles)
+are blended with linear ramps exactly as wide as their overlap, normalised so the weights sum to one everywhere and
+no normalisation image is needed; once a band is done, the output rows above the next band are final and leave as
+a block. Peak memory is one band of output plus the carried overlap, whatever the slice's size.
 
 The overlap is measured, not the theoretical receptive field (71 LR pixels for MDRN): CCA's channel statistics
 are global, so a tile never equals the whole slice exactly, but on real MRI an overlap of 8 LR pixels already
