@@ -13,7 +13,7 @@ FIELDS = {"backend", "precision", "device", "lr_size", "batch", "latency_ms", "t
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     res = CliRunner().invoke(bench_cli, ["--output", str(out), "--sizes", "16,24", "--min-time", "0.05", "--json",
-                                         "--backends", "torch-fp32-cpu,onnxruntime-fp32-cpu,onnxruntime-fp16-cpu,tensorrt-fp16",
+                                         "--backends", "torch-fp32-cpu,onnxruntime-fp32-cpu,onnxruntime-fp16-cpu,onnxruntime-int8-cpu,tensorrt-fp16",
                                          "--table3-size", "24"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.output)
@@ -30,7 +30,7 @@ def test_writes_json_markdown_and_plots(report):
 
 def test_every_result_has_the_schema_or_a_skip_reason(report):
     _, data = report
-    assert len(data["results"]) == 2 * 4
+    assert len(data["results"]) == 2 * 5
     for r in data["results"]:
         if "skipped" in r:
             assert r["backend"] == "tensorrt" and r["skipped"]
@@ -103,3 +103,12 @@ def test_end_to_end_series_rows_against_plain_calls(tmp_path):
 def test_series_scales_must_be_shipped(tmp_path):
     res = CliRunner().invoke(bench_cli, ["--output", str(tmp_path / "r"), "--series", str(tmp_path), "--series-scales", "3"])
     assert res.exit_code == 2 and "shipped models" in res.output
+
+
+def test_int8_rows_run_the_calibrated_qdq_model_close_to_fp32(report):
+    _, data = report
+    rows = {(r["name"], r["lr_size"]): r for r in data["results"]}
+    for size in (16, 24):
+        int8, fp32 = rows[("onnxruntime-int8-cpu", size)], rows[("onnxruntime-fp32-cpu", size)]
+        assert "skipped" not in int8 and int8["precision"] == "int8" and int8["torch_imported"] is False
+        assert abs(int8["psnr"] - fp32["psnr"]) < 0.5 and int8["max_abs_err"] < 0.1

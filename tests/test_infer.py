@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 import subprocess
@@ -222,7 +223,7 @@ def test_bad_model_files(tmp_path, model, expected):
     elif model == "engine":
         path.write_bytes(b"plan")
         sidecar = {"format": "mdrn-edge-engine", "tensorrt_version": "10.3.0", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-                   "model": {"arch": "mdrn", "scale": 4, "normalizer": {"mode": "percentile", "percentile": 99.5}}}
+                   "engine_sha256": hashlib.sha256(b"plan").hexdigest(), "model": {"arch": "mdrn", "scale": 4, "normalizer": {"mode": "percentile", "percentile": 99.5}}}
         Path(f"{path}.json").write_text(json.dumps(sidecar))
     res = infer(mr_small(), "--output", tmp_path / "out", "--model", path)
     assert res.exit_code != 0 and expected in res.output and "Traceback" not in res.output

@@ -181,3 +181,23 @@ def test_batches_and_tiles_stay_within_an_engine_profile():
             list(super_resolve_volume(volume, runner, batch=4))
         with pytest.raises(InputError, match="larger than the engine's profile admits"):
             list(super_resolve_volume(volume, runner, tile=128))
+
+
+def test_a_pycuda_that_cannot_create_a_context_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """pycuda.autoinit raises its own RuntimeError on a machine without a usable GPU ("cuInit failed: no
+    CUDA-capable device is detected"); the adapter turns it into a CudaError. pycuda cannot be installed here
+    (sdist against a CUDA toolkit), so a package with pycuda's module layout and that failure stands in for it."""
+    pkg = tmp_path / "pycuda"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "driver.py").write_text("")
+    (pkg / "autoinit.py").write_text("raise RuntimeError('cuInit failed: no CUDA-capable device is detected')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from mdrn_edge.runtime import cuda
+
+    monkeypatch.setattr(cuda, "_import_cudart", lambda: None)  # as on a machine with pycuda but not cuda-python
+    with pytest.raises(cuda.CudaError, match="pycuda could not create a CUDA context.*no CUDA-capable device") as err:
+        cuda.cuda_adapter()
+    assert "\n" not in str(err.value)
+    for name in [m for m in sys.modules if m.split(".")[0] == "pycuda"]:
+        monkeypatch.delitem(sys.modules, name)

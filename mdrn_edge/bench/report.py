@@ -49,7 +49,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{head} {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {r['throughput']:.2f} | "
             f"{r['first_result_s']:.2f} | {r['peak_rss_mb']:.0f} | {_f(r.get('peak_gpu_mb'), '.0f')} | "
             f"{_f(r.get('max_abs_err'), '.1e')} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['achieved_gflops']:.1f} | "
-            f"{r['share_of_matmul_peak']:.0%} |")
+            f"{_f(r.get('share_of_matmul_peak'), '.0%')} |")
     if skipped:
         lines += ["", "Skipped here (every size):", ""] + [f"- {name}: {why}" for name, why in skipped.items()]
     if report["models"]:

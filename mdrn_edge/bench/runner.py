@@ -32,11 +32,13 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "torch-fp16-cuda-channels-last": {"backend": "torch", "precision": "fp16", "device": "cuda", "channels_last": True},
     "onnxruntime-fp32-cpu": {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"},
     "onnxruntime-fp16-cpu": {"backend": "onnxruntime", "precision": "fp16", "device": "cpu"},
+    "onnxruntime-int8-cpu": {"backend": "onnxruntime", "precision": "int8", "device": "cpu"},
     "onnxruntime-fp32-cuda": {"backend": "onnxruntime", "precision": "fp32", "device": "cuda"},
     "onnxruntime-fp16-cuda": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda"},
     "onnxruntime-fp16-tensorrt-ep": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda", "tensorrt_ep": True},
     "tensorrt-fp32": {"backend": "tensorrt", "precision": "fp32", "device": "cuda"},
     "tensorrt-fp16": {"backend": "tensorrt", "precision": "fp16", "device": "cuda"},
+    "tensorrt-int8": {"backend": "tensorrt", "precision": "int8", "device": "cuda"},
 }
 REFERENCE = "torch-fp32-cpu"
 EXPECTED_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -62,7 +64,7 @@ class BenchConfig:
 def unavailable(name: str) -> str | None:
     """Why a backend cannot run here, or None."""
     spec = BACKENDS[name]
-    if spec["device"] == "cuda" and spec["backend"] in ("torch", "tensorrt"):
+    if spec["device"] == "cuda" and spec["backend"] == "torch":
         import torch
 
         if not torch.cuda.is_available():
@@ -86,6 +88,12 @@ def unavailable(name: str) -> str | None:
         except MdrnError as exc:
             return str(exc)
     return None
+
+
+def cuda_visible_to_torch() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def machine() -> dict[str, Any]:
@@ -165,18 +173,25 @@ def prepare_models(cfg: BenchConfig, work: Path, names: Sequence[str]) -> tuple[
     through :func:`mdrn_edge.export.export` with its checks; engine profiles cover the benchmark's shapes."""
     from mdrn_edge.engines.tensorrt import Profile
     from mdrn_edge.export import ExportConfig, export
+    from mdrn_edge.samples import sample_files
     from mdrn_edge.weights import resolve_model
 
     ckpt_path = resolve_model(cfg.model, ".pt")
     side = max(cfg.sizes)
     profile = Profile.parse(f"1x1x{min(cfg.sizes)}x{min(cfg.sizes)}", f"1x1x{side}x{side}", f"{max(cfg.batches)}x1x{side}x{side}")
     check = {"check_data": tuple(cfg.data), "profile": profile}
-    onnx = {a.format: a.path for a in export(ckpt_path, work, ExportConfig(fp16=True, engine=False, **check))}
+    # INT8 calibrates on the benchmark's own real slices (the bundled sample by default)
+    int8 = {"int8": True, "calibration": tuple(cfg.data) or tuple(str(p) for p in sample_files())}
+    wants_int8 = any(BACKENDS[n]["precision"] == "int8" for n in names)
+    onnx = {a.format: a.path for a in export(ckpt_path, work, ExportConfig(fp16=True, engine=False, **check,
+                                                                           **(int8 if wants_int8 else {})))}
     files = {"torch": ckpt_path, "onnx-fp32": onnx["onnx"], "onnx-fp16": onnx["onnx_fp16"]}
-    if any(BACKENDS[n]["backend"] == "tensorrt" for n in names):
-        for precision in ("fp32", "fp16"):
-            built = export(ckpt_path, work / precision, ExportConfig(fp16=precision == "fp16", engine=True, **check))
-            files[f"engine-{precision}"] = next(a.path for a in built if a.format == "engine")
+    if wants_int8:
+        files["onnx-int8"] = onnx["onnx_int8"]
+    for precision in sorted({BACKENDS[n]["precision"] for n in names if BACKENDS[n]["backend"] == "tensorrt"}):
+        options = {"fp16": precision == "fp16", **(int8 if precision == "int8" else {})}
+        built = export(ckpt_path, work / precision, ExportConfig(engine=True, **options, **check))
+        files[f"engine-{precision}"] = next(a.path for a in built if a.format == "engine")
     from mdrn_edge.export.fp16 import load_onnx_info
 
     return files, load_onnx_info(files["onnx-fp32"])
@@ -212,7 +227,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
         flops_per_pixel = flops_per_lr_pixel(info.arch, info.scale, info.config)
         normalizer = info.normalizer
         peak = {"cpu": matmul_gflops("cpu")}
-        if any(BACKENDS[n]["device"] == "cuda" for n in runnable):
+        if any(BACKENDS[n]["device"] == "cuda" for n in runnable) and cuda_visible_to_torch():
             peak["cuda-fp32"], peak["cuda-fp16"] = matmul_gflops("cuda", "fp32"), matmul_gflops("cuda", "fp16")
         for size in cfg.sizes:
             for batch in cfg.batches:
@@ -241,14 +256,14 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
                         ref = out
                     scores = [score(o, h, info.scale) for o, h in zip(out, hr)]
                     flops = flops_per_pixel * size * size * batch
-                    capability = peak["cpu"] if spec["device"] == "cpu" else peak[f"cuda-{spec['precision']}"]
+                    capability = peak["cpu"] if spec["device"] == "cpu" else peak.get(f"cuda-{spec['precision']}")
                     achieved = flops / (measured["latency_ms"]["p50"] / 1e3) / 1e9
                     results.append({
                         **row, **measured,
                         "max_abs_err": float(np.abs(out - ref).max()) if ref is not None else None,
                         "psnr_vs_torch_fp32": float(np.mean([psnr(np.clip(o, 0, 1), np.clip(r, 0, 1)) for o, r in zip(out, ref)])) if ref is not None else None,
                         "psnr": float(np.mean([s[0] for s in scores])), "ssim": float(np.mean([s[1] for s in scores])),
-                        "achieved_gflops": achieved, "share_of_matmul_peak": achieved / capability,
+                        "achieved_gflops": achieved, "share_of_matmul_peak": achieved / capability if capability else None,
                     })
         models = table3(cfg, work, progress) if cfg.table3 else []
     series = series_rows(cfg.series, cfg.series_scales, lambda s: flops_per_lr_pixel(info.arch, s), peak["cpu"],

@@ -10,6 +10,12 @@ from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, emit_json, json_option, stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.errors import MissingDependencyError
+from mdrn_edge.runtime.base import DEFAULT_PROFILE
+
+
+def _shape(dims: tuple[int, ...]) -> str:
+    return "x".join(map(str, dims))
+
 
 
 @click.command("export", cls=OneLineCommand, context_settings=SETTINGS)
@@ -17,22 +23,28 @@ from mdrn_edge.errors import MissingDependencyError
 @click.argument("model")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the ONNX files and engine.")
 @click.option("--fp16/--no-fp16", default=False, help="Also write an FP16 ONNX (FP32 I/O, CCA statistics in FP32) and build an FP16 engine.")
+@click.option("--int8", is_flag=True, help="Also write an INT8 Q/DQ ONNX calibrated on --calibration (CCA and the most INT8-sensitive layers in float) and build the engine in INT8; gated like FP16.")
+@click.option("--calibration", multiple=True, help="Real MRI series (DICOM folder or NIfTI) for --int8; its last sixth is held apart to gate the INT8 model.")
 @click.option("--engine/--no-engine", default=None, help="Build a TensorRT engine  [default: wherever TensorRT and a GPU are present].")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, help="ONNX opset (13 or newer: the FP16 conversion and TensorRT 10 need it).")
-@click.option("--min-shape", default="1x1x16x16", help="Smallest LR input of the engine profile (NxCxHxW or HxW).")
-@click.option("--opt-shape", default="1x1x256x256", help="LR input the engine is tuned for.")
-@click.option("--max-shape", default="1x1x512x512", help="Largest LR input of the engine profile (keep it modest on Jetson).")
+@click.option("--min-shape", default=_shape(DEFAULT_PROFILE[0]), help="Smallest LR input of the engine profile (NxCxHxW or HxW).")
+@click.option("--opt-shape", default=_shape(DEFAULT_PROFILE[1]), help="LR input the engine is tuned for.")
+@click.option("--max-shape", default=_shape(DEFAULT_PROFILE[2]), help="Largest LR input of the engine profile (keep it modest on Jetson).")
 @click.option("--workspace", type=click.IntRange(16, 1 << 20), default=1024, help="TensorRT workspace limit in MB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file, read and updated.")
-@click.option("--version-compatible", is_flag=True, help="Version-compatible engine excluding the lean runtime (run it with the ~45 MB lean runtime).")
+@click.option("--version-compatible", is_flag=True, help="Version-compatible engine: runs on this and any later TensorRT; its plan embeds TensorRT's lean runtime (host code: mdrn-infer then needs --allow-host-code).")
+@click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: leave the lean runtime out of the plan; the same TensorRT version (or its lean runtime, tensorrt_lean) runs it without host code, a later one with --lean-runtime.")
+@click.option("--dla-core", type=click.IntRange(0, 15), help="Build for this Jetson DLA core (FP16 or INT8; layers the DLA cannot run fall back to the GPU).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimisation level (default 3).")
-@click.option("--check-data", multiple=True, help="Real HR slices (DICOM/NIfTI) for the checks  [default: the bundled sample].")
+@click.option("--check-data", multiple=True, help="Real HR slices of one series (DICOM/NIfTI) for the checks  [default: the bundled sample, plus pydicom-data's MR slices where installed].")
 @click.option("--max-psnr-drop", type=float, default=0.05, help="Largest FP16 PSNR loss (dB) against FP32 before the export fails.")
+@click.option("--max-int8-psnr-drop", type=float, default=0.1, help="Largest INT8 PSNR loss (dB) against FP32, on held-apart slices, before the export fails.")
 @click.option("--overwrite", is_flag=True, help="Replace same-named files of an earlier mdrn-export in --output (never other files).")
 @json_option
 @user_errors
-def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape, workspace, timing_cache,
-            version_compatible, opt_level, check_data, max_psnr_drop, overwrite, as_json):
+def command(model, output, fp16, int8, calibration, engine, opset, min_shape, opt_shape, max_shape, workspace,
+            timing_cache, version_compatible, exclude_lean_runtime, dla_core, opt_level, check_data, max_psnr_drop,
+            max_int8_psnr_drop, overwrite, as_json):
     """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
 
     MODEL is a checkpoint (.pt), a shipped name (mdrn-x4) or, on a device without PyTorch (a Jetson), an
@@ -42,17 +54,19 @@ def command(model, output, fp16, engine, opset, min_shape, opt_shape, max_shape,
     from mdrn_edge.export import ExportConfig, export, summarize
 
     stop_on_signals()
-    cfg = ExportConfig(fp16=fp16, engine=engine, opset=opset, profile=Profile.parse(min_shape, opt_shape, max_shape),
-                       workspace_mb=workspace, timing_cache=Path(timing_cache) if timing_cache else None,
-                       version_compatible=version_compatible, opt_level=opt_level, check_data=check_data,
-                       max_psnr_drop=max_psnr_drop, overwrite=overwrite)
+    cfg = ExportConfig(fp16=fp16, int8=int8, calibration=calibration, engine=engine, opset=opset,
+                       profile=Profile.parse(min_shape, opt_shape, max_shape), workspace_mb=workspace,
+                       timing_cache=Path(timing_cache) if timing_cache else None, version_compatible=version_compatible,
+                       exclude_lean_runtime=exclude_lean_runtime, opt_level=opt_level, dla_core=dla_core,
+                       check_data=check_data, max_psnr_drop=max_psnr_drop, max_int8_psnr_drop=max_int8_psnr_drop,
+                       overwrite=overwrite)
     artifacts = export(model, output, cfg, progress=None if as_json else lambda step: click.echo(f"- {step} ...", err=True))
     if as_json:
         emit_json(summarize(model, artifacts))
     else:
         _table(artifacts)
     skipped = next((a.skipped for a in artifacts if a.format == "engine" and a.skipped), None)
-    if engine and skipped:
+    if (engine or dla_core is not None) and skipped:
         raise MissingDependencyError(f"engine not built: {skipped} (the ONNX files were written to {output})")
 
 

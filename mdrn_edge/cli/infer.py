@@ -41,6 +41,8 @@ class TileParam(click.ParamType):
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="ONNX Runtime device; auto tries CUDA, then CPU.")
 @click.option("--trt-ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first.")
+@click.option("--allow-host-code", is_flag=True, help="Run a version-compatible engine whose plan embeds TensorRT's lean runtime (host code from the file): only engines you trust.")
+@click.option("--lean-runtime", type=click.Path(dir_okay=False, exists=True), help="The building TensorRT's libnvinfer_lean library, for a --exclude-lean-runtime engine run by a later TensorRT.")
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help=f"Infer in tiles of about TxT LR pixels: auto tiles slices larger than {DEFAULT_TILE} (tiles that stay in "
                    "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
@@ -57,7 +59,7 @@ class TileParam(click.ParamType):
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap, batch, threads, nifti_dtype, clip, overwrite,
+def command(inputs, output, model, scale, backend, device, trt_ep, allow_host_code, lean_runtime, tile, overlap, batch, threads, nifti_dtype, clip, overwrite,
             send_to, progress, as_json):
     """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
 
@@ -71,7 +73,7 @@ def command(inputs, output, model, scale, backend, device, trt_ep, tile, overlap
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, backend=backend,
                            device=device, tensorrt_ep=trt_ep, tile=tile, overlap=overlap, batch=batch, threads=threads,
                            nifti_dtype=nifti_dtype, clip=clip, overwrite=overwrite, send_to=send_to,
-                           progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
+                           allow_host_code=allow_host_code, lean_runtime=lean_runtime, progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if as_json:
         emit_json(result.to_dict())
         return

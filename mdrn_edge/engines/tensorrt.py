@@ -6,10 +6,12 @@ first use. CCA's statistics are pinned to FP32 (hand-written mean/variance/sqrt 
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from mdrn_edge.errors import EngineBuildError, InputError, MissingDependencyError
 from mdrn_edge.fileio import atomic_path, file_sha256, write_json
 from mdrn_edge.modelinfo import INPUT_NAME, METADATA_KEY, ModelInfo
+from mdrn_edge.runtime.base import DEFAULT_PROFILE
 from mdrn_edge.runtime.cuda import cuda_adapter
 from mdrn_edge.runtime.sidecar import SIDECAR_FORMAT, sidecar_path
 
@@ -24,7 +27,6 @@ log = logging.getLogger(__name__)
 
 BUILDER_HINT = ("TensorRT's builder (libnvinfer + ONNX parser) is not installed; on a Jetson use JetPack's TensorRT, "
                 "elsewhere pip install tensorrt (the lean runtime cannot build)")
-
 
 
 @dataclass(frozen=True)
@@ -95,21 +97,48 @@ def pin_fp32_layers(trt, network, pattern: str | None) -> list[str]:
     return pinned
 
 
-def trtexec_command(onnx: Path, engine: Path, fp16: bool, profile: Profile, workspace_mb: int,
-                    timing_cache: Path | None, version_compatible: bool, opt_level: int | None, pinned: list[str]) -> str:
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to build one engine; ``mdrn-export``'s engine options map one to one onto these fields."""
+
+    precision: str = "fp32"  # fp32 | fp16 | int8 (from an explicitly quantised Q/DQ ONNX, FP16 elsewhere)
+    profile: Profile = field(default_factory=lambda: Profile(*DEFAULT_PROFILE))
+    workspace_mb: int = 1024
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False  # smaller plan; a later TensorRT then needs this version's lean runtime
+    opt_level: int | None = None
+    dla_core: int | None = None  # Jetson DLA core, GPU fallback for layers the DLA cannot run
+
+    def check(self) -> None:
+        """What can be refused before any work is done, in one line."""
+        if self.exclude_lean_runtime and not self.version_compatible:
+            raise InputError("--exclude-lean-runtime applies to version-compatible engines: add --version-compatible")
+        if self.dla_core is not None and self.precision == "fp32":
+            raise InputError("--dla-core: the DLA runs FP16 or INT8 only; add --fp16 or --int8")
+
+
+def trtexec_command(onnx: Path, engine: Path, opts: EngineOptions, strongly_typed: bool, pinned: list[str]) -> str:
     """The equivalent trtexec line, for Jetson users who build on the device."""
-    parts = [f"trtexec --onnx={onnx.name} --saveEngine={engine.name}", profile.trtexec(),
-             f"--memPoolSize=workspace:{workspace_mb}M"]
-    if fp16:
-        parts.append("--fp16")
+    parts = [f"trtexec --onnx={onnx.name} --saveEngine={engine.name}", opts.profile.trtexec(),
+             f"--memPoolSize=workspace:{opts.workspace_mb}M"]
+    if strongly_typed:
+        parts.append("--stronglyTyped")
+    elif opts.precision != "fp32":
+        parts.append("--fp16" + (" --int8" if opts.precision == "int8" else ""))
         if pinned:
-            parts.append("--precisionConstraints=obey --layerPrecisions=" + ",".join(f"{n}:fp32" for n in pinned))
-    if timing_cache:
-        parts.append(f"--timingCacheFile={timing_cache}")
-    if version_compatible:
-        parts.append("--versionCompatible --excludeLeanRuntime")
-    if opt_level is not None:
-        parts.append(f"--builderOptimizationLevel={opt_level}")
+            layers = ",".join(f"{n}:fp32" for n in pinned)
+            parts.append(f"--precisionConstraints=obey --layerPrecisions={layers} --layerOutputTypes={layers}")
+    else:
+        parts.append("--noTF32")
+    if opts.timing_cache:
+        parts.append(f"--timingCacheFile={opts.timing_cache}")
+    if opts.version_compatible:
+        parts.append("--versionCompatible" + (" --excludeLeanRuntime" if opts.exclude_lean_runtime else ""))
+    if opts.dla_core is not None:
+        parts.append(f"--useDLACore={opts.dla_core} --allowGPUFallback")
+    if opts.opt_level is not None:
+        parts.append(f"--builderOptimizationLevel={opts.opt_level}")
     return " ".join(parts)
 
 
@@ -124,77 +153,125 @@ def _parse_onnx(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
     return network, parser
 
 
-def build_engine(onnx_path: Path, fp16_onnx_path: Path | None, engine_path: Path, fp16: bool, profile: Profile,
-                 workspace_mb: int = 1024, timing_cache: Path | None = None, version_compatible: bool = False,
-                 opt_level: int | None = None) -> tuple[Path, dict[str, Any]]:
-    """Build a plan from the FP32 ONNX (with ``BuilderFlag.FP16`` for FP16) and write it with its sidecar.
+def _use_dla(trt, builder, config, core: int) -> list[str]:
+    cores = builder.num_DLA_cores
+    if cores == 0:
+        raise InputError(f"--dla-core {core}: this device has no DLA (Jetson AGX Orin, Orin NX and Xavier have them); "
+                         "leave out --dla-core")
+    if not 0 <= core < cores:
+        raise InputError(f"--dla-core {core}: this device has DLA cores 0..{cores - 1}")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # depth-to-space and CCA's reductions run on the GPU
+    return ["GPU_FALLBACK"]
+
+
+def _load_timing_cache(config, path: Path | None):
+    """This build's timing cache, seeded from ``path``; a cache of another TensorRT or GPU is one line."""
+    data = path.read_bytes() if path and path.exists() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise EngineBuildError(f"{path}: this timing cache is from another TensorRT version or GPU; delete it or give "
+                               "another --timing-cache")
+
+
+def save_timing_cache(config, path: Path) -> None:
+    """Merge this build's timing cache into ``path`` under an exclusive lock, so that builds sharing one cache file
+    add to it rather than overwrite each other (as Polygraphy does), then replace the file atomically."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = config.get_timing_cache()
+        if path.exists():
+            on_disk = config.create_timing_cache(path.read_bytes())
+            if on_disk is None or not cache.combine(on_disk, False):
+                log.warning("%s: from another TensorRT version or GPU, replaced by this build's cache", path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
+
+
+def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx_path: Path | None = None,
+                 ) -> tuple[Path, dict[str, Any]]:
+    """Build a plan from the FP32 ONNX (``BuilderFlag.FP16`` for FP16, CCA pinned to FP32), or from the Q/DQ ONNX
+    for INT8, and write it with its sidecar.
 
     From TensorRT 11 ``BuilderFlag.FP16`` is gone: there the FP16 ONNX is built as a strongly typed network.
     """
     import onnx
 
+    opts.check()
     trt = import_builder()
     device = cuda_adapter().device()
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = fp16 and not hasattr(trt.BuilderFlag, "FP16")
-    source = fp16_onnx_path if strongly_typed else onnx_path
-    if strongly_typed and not source:
+    strongly_typed = opts.precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16")
+    if strongly_typed and not fp16_onnx_path:
         raise EngineBuildError("this TensorRT has no BuilderFlag.FP16: export the FP16 ONNX too (--fp16)")
-    network, _parser = _parse_onnx(trt, builder, logger, source, strongly_typed)
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    info = ModelInfo.from_json(meta.get(METADATA_KEY, "null"), str(onnx_path))
+    source = fp16_onnx_path if strongly_typed else source
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    flags, pinned = [], []
-    if fp16 and not strongly_typed:
+    flags: list[str] = []
+    if opts.dla_core is not None:
+        flags += _use_dla(trt, builder, config, opts.dla_core)
+    network, _parser = _parse_onnx(trt, builder, logger, source, strongly_typed)
+    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
+    info = ModelInfo.from_json(meta.get(METADATA_KEY, "null"), str(source))
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    pinned: list[str] = []
+    if opts.precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # an FP32 engine computes in FP32, not TF32's 10-bit mantissa
+    elif not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+        flags.append("FP16")
+        if opts.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # the Q/DQ layers say where; FP16 elsewhere
+            flags.append("INT8")
         pinned = pin_fp32_layers(trt, network, info.fp32_layers)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
-    if version_compatible:
+        flags.append("OBEY_PRECISION_CONSTRAINTS")
+    if opts.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-        config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
-        flags += ["VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
-    if opt_level is not None:
-        config.builder_optimization_level = opt_level
+        flags.append("VERSION_COMPATIBLE")
+        if opts.exclude_lean_runtime:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
+            flags.append("EXCLUDE_LEAN_RUNTIME")
+    if opts.opt_level is not None:
+        config.builder_optimization_level = opts.opt_level
+    profile = opts.profile
     trt_profile = builder.create_optimization_profile()
     trt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
     if config.add_optimization_profile(trt_profile) < 0:
         raise EngineBuildError(f"TensorRT rejected the profile {profile.to_dict()}")
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    _load_timing_cache(config, opts.timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineBuildError(f"{onnx_path}: TensorRT could not build an engine (see its log above); try a larger "
+        raise EngineBuildError(f"{source}: TensorRT could not build an engine (see its log above); try a larger "
                                "--workspace or a smaller --max-shape")
+    plan = bytes(plan)
     with atomic_path(engine_path) as tmp:
-        tmp.write_bytes(bytes(plan))
-    if timing_cache:
-        with atomic_path(timing_cache) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+        tmp.write_bytes(plan)
+    if opts.timing_cache:
+        save_timing_cache(config, opts.timing_cache)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "tensorrt_version": trt.__version__,
         "gpu": device,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": opts.precision,
         "profiles": [profile.to_dict()],
-        "engine_sha256": file_sha256(engine_path),
+        "engine_sha256": hashlib.sha256(plan).hexdigest(),
         "onnx": source.name,
         "onnx_sha256": file_sha256(source),
         "build_seconds": round(time.perf_counter() - t0, 1),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "flags": flags,
-        "workspace_mb": workspace_mb,
+        "workspace_mb": opts.workspace_mb,
         "fp32_layers": pinned,
-        "version_compatible": version_compatible,
+        "version_compatible": opts.version_compatible,
+        "lean_runtime": ("excluded" if opts.exclude_lean_runtime else "embedded") if opts.version_compatible else None,
+        "dla_core": opts.dla_core,
         "hardware_compatibility_level": None,
         "strongly_typed": strongly_typed,
-        "trtexec": trtexec_command(source, engine_path, fp16 and not strongly_typed, profile, workspace_mb,
-                                   timing_cache, version_compatible, opt_level, pinned),
-        "model": info.with_precision("fp16" if fp16 else "fp32").to_dict(),
+        "trtexec": trtexec_command(source, engine_path, opts, strongly_typed, pinned),
+        "model": info.with_precision(opts.precision).to_dict(),
     }
     write_json(sidecar_path(engine_path), sidecar)
     log.info("built %s in %.1f s with TensorRT %s on %s", engine_path, sidecar["build_seconds"], trt.__version__, device)

@@ -17,17 +17,20 @@ PARITY_TOLERANCE = 1e-4
 
 
 
-def check_pairs(inputs: Sequence[str | Path], info: ModelInfo, max_slices: int = 4) -> list[EvalPairs]:
-    """Real HR/LR pairs at two sizes, the slices as they are and a centre crop of about 3/4 of them, in the
-    model's own normalisation and its protocol's degradation."""
-    volume = read_volume(inputs)
-    step = max(1, volume.n_slices // max_slices)
-    hr = info.normalizer.fit(volume.data).normalize(volume.data)[::step][:max_slices]
+def check_pairs(series: Sequence[Sequence[str | Path]], info: ModelInfo, max_slices: int = 4) -> list[EvalPairs]:
+    """Real HR/LR pairs from each series (a list of files or one folder) at two sizes, the slices as they are and
+    a centre crop of about 3/4 of them, in the model's own normalisation and its protocol's degradation."""
+    pairs = []
     scale, kernel = info.scale, KERNELS[info.protocol]
-    h, w = hr.shape[-2:]
-    ch, cw = max(2 * scale, (3 * h // 4) // scale * scale), max(2 * scale, (3 * w // 4) // scale * scale)
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return [make_pairs(hr, scale, kernel), make_pairs(hr[:, y : y + ch, x : x + cw] + 0, scale, kernel)]
+    for inputs in series:
+        volume = read_volume(list(inputs))
+        step = max(1, volume.n_slices // max_slices)
+        hr = info.normalizer.fit(volume.data).normalize(volume.data)[::step][:max_slices]
+        h, w = hr.shape[-2:]
+        ch, cw = max(2 * scale, (3 * h // 4) // scale * scale), max(2 * scale, (3 * w // 4) // scale * scale)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        pairs += [make_pairs(hr, scale, kernel), make_pairs(hr[:, y : y + ch, x : x + cw] + 0, scale, kernel)]
+    return pairs
 
 
 def within_profile(pairs: list[EvalPairs], min_hw: tuple[int, int], max_hw: tuple[int, int], scale: int,
@@ -53,7 +56,7 @@ def within_profile(pairs: list[EvalPairs], min_hw: tuple[int, int], max_hw: tupl
 
 
 def gate(reference: Runner, candidate: Runner, pairs: list[EvalPairs], what: str, max_abs_err: float | None = None,
-         max_psnr_drop: float | None = None) -> dict[str, Any]:
+         max_psnr_drop: float | None = None, limit_option: str = "--max-psnr-drop") -> dict[str, Any]:
     """``candidate`` against ``reference`` (both active) on the same slices: the largest absolute difference and
     the PSNR lost against HR. Beyond either limit the export fails with one line naming the file."""
     ref, cand = compare([reference, candidate], pairs, candidate.scale)
@@ -71,6 +74,18 @@ def gate(reference: Runner, candidate: Runner, pairs: list[EvalPairs], what: str
         checks["max_psnr_drop"] = max_psnr_drop
         if drop > max_psnr_drop:
             raise ExportCheckError(f"{candidate.path}: {what} loses {drop:.3f} dB PSNR against {reference.backend} on real "
-                                   f"slices (limit {max_psnr_drop} dB); use the FP32 model or raise --max-psnr-drop if "
+                                   f"slices (limit {max_psnr_drop} dB); use the FP32 model or raise {limit_option} if "
                                    "that is acceptable")
     return checks
+
+
+def fp16_range_check(fp32_path: Path, pairs: list[EvalPairs], info: ModelInfo) -> dict[str, Any]:
+    """The FP16 overflow bound: every layer that will run in FP16 keeps its largest activation on the real slices
+    at least FP16_HEADROOM times below 65504, or the export fails naming the layer."""
+    from mdrn_edge.export.fp16 import FP16_HEADROOM, FP16_MAX, fp16_activation_peak
+
+    peak, node = fp16_activation_peak(fp32_path, [p.lr[0] for p in pairs], info)
+    if peak * FP16_HEADROOM > FP16_MAX:
+        raise ExportCheckError(f"{fp32_path}: layer {node} reaches {peak:.0f} on real slices, within {FP16_HEADROOM:g}x "
+                               f"of FP16's largest value {FP16_MAX:.0f}: FP16 may overflow; use the FP32 model")
+    return {"fp16_max_activation": peak, "fp16_max_activation_layer": node, "fp16_headroom": FP16_MAX / max(peak, 1e-30)}

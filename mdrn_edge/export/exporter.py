@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mdrn_edge.engines.tensorrt import Profile
+from mdrn_edge.engines.tensorrt import EngineOptions, Profile
 from mdrn_edge.errors import InputError, MdrnError, require
 from mdrn_edge.evaluate import EvalPairs
 from mdrn_edge.export.artifact import Artifact
 from mdrn_edge.modelinfo import ModelInfo
-from mdrn_edge.runtime.base import Runner
+from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROFILE = ("1x1x16x16", "1x1x256x256", "1x1x512x512")
 
 
 @dataclass(frozen=True)
@@ -33,19 +31,44 @@ class ExportConfig:
     """What to export and how; the CLI's options map one to one onto these fields."""
 
     fp16: bool = False
+    int8: bool = False
+    calibration: Sequence[str | Path] = ()  # real MRI series for INT8 calibration (its last sixth is held apart)
     engine: bool | None = None  # None: wherever TensorRT and a GPU are present
     opset: int = 17
-    profile: Profile = field(default_factory=lambda: Profile.parse(*DEFAULT_PROFILE))
+    profile: Profile = field(default_factory=lambda: Profile(*DEFAULT_PROFILE))
     workspace_mb: int = 1024
     timing_cache: Path | None = None
     version_compatible: bool = False
+    exclude_lean_runtime: bool = False
     opt_level: int | None = None
+    dla_core: int | None = None
     check_data: Sequence[str | Path] = ()
     max_psnr_drop: float = 0.05
+    max_int8_psnr_drop: float = 0.1
     overwrite: bool = False  # replace same-named files an earlier mdrn-export wrote (never anyone else's)
 
+    @property
+    def engine_precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(self.engine_precision, self.profile, self.workspace_mb, self.timing_cache,
+                             self.version_compatible, self.exclude_lean_runtime, self.opt_level, self.dla_core)
+
+    def check(self) -> None:
+        """Option combinations refused before any work, in one line."""
+        if self.int8 and not self.calibration:
+            raise InputError("--int8 needs --calibration SERIES: real MRI like the slices the model will see (a "
+                             "folder of DICOM or a NIfTI volume)")
+        if self.calibration and not self.int8:
+            raise InputError("--calibration is for --int8; add --int8 or leave it out")
+        if self.dla_core is not None and self.engine is False:
+            raise InputError("--dla-core builds a DLA engine; leave out --no-engine")
+        self.engine_options().check()
+
     def formats(self) -> list[str]:
-        return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["engine"] if self.engine is not False else [])]
+        return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["onnx_int8"] if self.int8 else []),
+                *(["engine"] if self.engine is not False else [])]
 
 
 @dataclass
@@ -116,15 +139,19 @@ def export_onnx_fp32(job: ExportJob) -> Artifact:
 
 @_timed("onnx_fp16")
 def export_onnx_fp16(job: ExportJob) -> Artifact:
-    """FP16 ONNX (FP32 I/O, the architecture's FP16-unsafe layers kept in FP32), gated on its PSNR loss against
-    the FP32 ONNX, both run by ONNX Runtime on real slices."""
-    from mdrn_edge.export.checks import gate
-    from mdrn_edge.export.fp16 import convert_fp16
+    """FP16 ONNX (FP32 I/O, the architecture's FP16-unsafe layers kept in FP32), gated on its activation range
+    (headroom below FP16's largest value) and on its PSNR loss against the FP32 ONNX, both run by ONNX Runtime on
+    real slices; on the CPU the report says what that can and cannot prove."""
+    from mdrn_edge.export.checks import fp16_range_check, gate
+    from mdrn_edge.export.fp16 import CPU_SCOPE, convert_fp16
 
     fp32 = job.artifacts["onnx"].path
     art = convert_fp16(fp32, job.stage / f"{job.info.name}.fp16.onnx")
+    art.checks.update(fp16_range_check(fp32, job.pairs, job.info))
     art.checks.update(gate(job.onnx_runner(fp32), job.onnx_runner(art.path), job.pairs, "FP16",
                            max_psnr_drop=job.cfg.max_psnr_drop))
+    if art.checks["provider"] == "CPUExecutionProvider":
+        art.checks["scope"] = CPU_SCOPE
     return art
 
 
@@ -143,11 +170,29 @@ def engine_unavailable_reason() -> str | None:
     return reason
 
 
+@_timed("onnx_int8")
+def export_onnx_int8(job: ExportJob) -> Artifact:
+    """INT8 Q/DQ ONNX (explicit quantisation, CCA and the layers INT8 hurts most in float), calibrated on real MRI
+    and gated on its PSNR loss against the FP32 ONNX on slices held apart from the calibration."""
+    from mdrn_edge.export.checks import gate
+    from mdrn_edge.export.int8 import calibration_split, quantize_int8
+
+    fp32 = job.artifacts["onnx"].path
+    calibrate, held = calibration_split(job.cfg.calibration, job.info)
+    art = quantize_int8(fp32, job.stage / f"{job.info.name}.int8.onnx", calibrate, job.stage)
+    pairs = [*held, *job.pairs]
+    art.checks.update(gate(job.onnx_runner(fp32, cpu=True), job.onnx_runner(art.path, cpu=True), pairs, "INT8",
+                           max_psnr_drop=job.cfg.max_int8_psnr_drop, limit_option="--max-int8-psnr-drop"))
+    art.checks["held_apart_slices"] = int(sum(len(p.lr) for p in held))
+    return art
+
+
 @_timed("engine")
 def export_engine(job: ExportJob) -> Artifact:
-    """A TensorRT engine (FP16 when asked) with its JSON sidecar, gated on its PSNR loss against ONNX Runtime FP32;
-    skipped with the reason where TensorRT or a GPU is missing."""
-    precision = "fp16" if job.cfg.fp16 else "fp32"
+    """A TensorRT engine (FP16 or INT8 when asked) with its JSON sidecar, gated on its PSNR loss against ONNX
+    Runtime FP32; skipped with the reason where TensorRT or a GPU is missing."""
+    cfg = job.cfg
+    precision = cfg.engine_precision
     reason = engine_unavailable_reason()
     if reason:
         return Artifact("engine", None, precision, skipped=reason)
@@ -155,23 +200,27 @@ def export_engine(job: ExportJob) -> Artifact:
     from mdrn_edge.export.checks import gate, within_profile
     from mdrn_edge.runtime.tensorrt import TensorRTRunner
 
-    cfg, fp32 = job.cfg, job.artifacts["onnx"].path
+    fp32 = job.artifacts["onnx"].path
     fp16 = job.artifacts.get("onnx_fp16")
-    path = job.stage / (f"{job.info.name}.{precision}.engine" if cfg.fp16 else f"{job.info.name}.engine")
-    _, sidecar = build_engine(fp32, fp16.path if fp16 else None, path, cfg.fp16, cfg.profile, cfg.workspace_mb,
-                              cfg.timing_cache, cfg.version_compatible, cfg.opt_level)
+    source = job.artifacts["onnx_int8"].path if precision == "int8" else fp32
+    path = job.stage / (f"{job.info.name}.engine" if precision == "fp32" else f"{job.info.name}.{precision}.engine")
+    _, sidecar = build_engine(source, path, cfg.engine_options(), fp16.path if fp16 else None)
     pairs = within_profile(job.pairs, cfg.profile.min[2:], cfg.profile.max[2:], job.info.scale, str(path))
-    checks = gate(job.onnx_runner(fp32), job.runner("trt", lambda: TensorRTRunner(path)), pairs, "the engine",
-                  max_psnr_drop=cfg.max_psnr_drop)
+    # the plan was built in this process a moment ago: its embedded lean runtime is ours to trust
+    engine = job.runner("trt", lambda: TensorRTRunner(path, allow_host_code=True))
+    limit, option = ((cfg.max_int8_psnr_drop, "--max-int8-psnr-drop") if precision == "int8"
+                     else (cfg.max_psnr_drop, "--max-psnr-drop"))
+    checks = gate(job.onnx_runner(fp32), engine, pairs, "the engine", max_psnr_drop=limit, limit_option=option)
     return Artifact("engine", path, precision, {**checks, "tensorrt_version": sidecar["tensorrt_version"],
-                                                 "gpu": sidecar["gpu"]["name"]}, sidecar["build_seconds"])
+                                                 "gpu": sidecar["gpu"]["name"], "dla_core": sidecar["dla_core"]},
+                    sidecar["build_seconds"])
 
 
 # name -> (what it writes, the function); the CLI, the benchmarks and the summary all read this one table.
-# Room is kept for "onnx_int8" (an explicitly quantised QDQ graph).
 FORMATS: dict[str, tuple[str, Callable[[ExportJob], Artifact]]] = {
     "onnx": ("FP32 ONNX, dynamic batch/H/W, checked against PyTorch", export_onnx_fp32),
     "onnx_fp16": ("FP16 ONNX, FP16-unsafe layers in FP32, PSNR-gated", export_onnx_fp16),
+    "onnx_int8": ("INT8 Q/DQ ONNX calibrated on real MRI, PSNR-gated on held-apart slices", export_onnx_int8),
     "engine": ("TensorRT engine + JSON sidecar, PSNR-gated", export_engine),
 }
 
@@ -258,15 +307,17 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
     artifacts with their final paths; an engine that cannot be built here is a skipped artifact with the reason."""
     require("onnx", "export")
     from mdrn_edge.export.checks import check_pairs
-    from mdrn_edge.samples import sample_files
+    from mdrn_edge.samples import check_samples
 
+    cfg.check()
     path, info, net = load_source(source)
     output = Path(output_dir)
-    check_targets(output, [f"{info.name}.onnx", *([f"{info.name}.fp16.onnx"] if cfg.fp16 else [])], cfg.overwrite)
+    check_targets(output, [f"{info.name}.onnx", *([f"{info.name}.fp16.onnx"] if cfg.fp16 else []),
+                           *([f"{info.name}.int8.onnx"] if cfg.int8 else [])], cfg.overwrite)
     stage = _stage_dir(output)
     job = None
     try:
-        job = ExportJob(path, info, net, stage, cfg, check_pairs(list(cfg.check_data) or sample_files(), info))
+        job = ExportJob(path, info, net, stage, cfg, check_pairs([cfg.check_data] if cfg.check_data else check_samples(), info))
         for fmt in cfg.formats():
             if progress:
                 progress(f"{fmt}: {FORMATS[fmt][0]}")
@@ -286,7 +337,7 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
 def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
     """The flat JSON the CLI prints: the files, the headline checks, and every artifact in full."""
     by = {a.format: a for a in artifacts}
-    onnx, fp16, engine = by.get("onnx"), by.get("onnx_fp16"), by.get("engine")
+    onnx, fp16, int8, engine = by.get("onnx"), by.get("onnx_fp16"), by.get("onnx_int8"), by.get("engine")
     return {
         "model": str(source),
         "onnx": str(onnx.path) if onnx else None,
@@ -294,6 +345,8 @@ def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
         "max_abs_err": onnx.checks.get("max_abs_err") if onnx else None,
         "fp16_psnr_drop_db": fp16.checks.get("psnr_drop_db") if fp16 else None,
         "fp16_provider": fp16.checks.get("provider") if fp16 else None,
+        "onnx_int8": str(int8.path) if int8 else None,
+        "int8_psnr_drop_db": int8.checks.get("psnr_drop_db") if int8 else None,
         "engine": str(engine.path) if engine and engine.path else None,
         "engine_skipped_reason": engine.skipped if engine else "--no-engine",
         "artifacts": [a.to_dict() for a in artifacts],

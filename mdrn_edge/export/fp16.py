@@ -8,6 +8,8 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from mdrn_edge.errors import ModelFileError, first_line, require
 from mdrn_edge.export.artifact import Artifact, read_metadata, set_metadata
 from mdrn_edge.fileio import atomic_path
@@ -45,6 +47,42 @@ def convert_fp16(fp32_path: Path, path: Path, keep_io_types: bool = True) -> Art
     checks = {"onnx_checker": True, "fp32_nodes": len(keep), "keep_io_types": keep_io_types,
               "onnxconverter_common_version": occ_version}
     return Artifact("onnx_fp16", Path(path), "fp16", checks, time.perf_counter() - t0)
+
+
+FP16_MAX = 65504.0
+FP16_HEADROOM = 2.0  # the largest activation must stay this many times below FP16's largest value
+ACTIVATION_CROP = 96  # LR pixels: activation ranges of a 96 x 96 crop track the whole slice (CCA is global)
+CPU_SCOPE = ("ONNX Runtime on the CPU upcasts FP16 convolutions to FP32: the PSNR gate here measures FP16 weight "
+             "rounding, not FP16 arithmetic. Overflow is bounded by the activation check (the largest FP32 "
+             "activation of every layer that will run in FP16, against FP16's 65504); FP16 arithmetic itself is "
+             "measured by the engine gate, on the GPU that builds the engine.")
+
+
+def fp16_activation_peak(fp32_path: Path, lr_slices: list[np.ndarray], info: ModelInfo) -> tuple[float, str]:
+    """The largest absolute activation over the layers an FP16 model computes in FP16 (all but the FP32-pinned
+    ones), on real LR slices, and the node producing it: what the CPU can say about FP16 overflow."""
+    onnx = require("onnx", "export")
+    import onnxruntime as ort
+
+    proto = onnx.load(str(fp32_path))
+    keep = set(fp32_nodes(proto, info))
+    floats = {v.name for v in onnx.shape_inference.infer_shapes(proto).graph.value_info
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    producers = {o: n.name for n in proto.graph.node if n.name not in keep and n.op_type != "Constant" for o in n.output}
+    watched = [name for name in producers if name in floats]
+    del proto.graph.output[:]
+    proto.graph.output.extend([onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in watched])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    peak, where = 0.0, ""
+    for lr in lr_slices:
+        h, w = lr.shape[-2:]
+        ch, cw = min(h, ACTIVATION_CROP), min(w, ACTIVATION_CROP)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        crop = np.ascontiguousarray(lr[None, None, y : y + ch, x : x + cw], dtype=np.float32)
+        for name, value in zip(watched, session.run(watched, {session.get_inputs()[0].name: crop})):
+            if value.size and float(np.abs(value).max()) > peak:
+                peak, where = float(np.abs(value).max()), producers[name]
+    return peak, where
 
 
 def load_onnx_info(source: Path) -> ModelInfo:

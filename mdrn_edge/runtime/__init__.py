@@ -27,9 +27,14 @@ def resolve_model_file(model: str | None, scale: int | None) -> Path:
 
 
 def create_runner(path: Path, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
-                  threads: int | None = None) -> Runner:
-    """The runner for a model file: engines run natively on TensorRT, ONNX files on ONNX Runtime."""
+                  threads: int | None = None, allow_host_code: bool = False, lean_runtime: str | Path | None = None,
+                  ) -> Runner:
+    """The runner for a model file: engines run natively on TensorRT, ONNX files on ONNX Runtime.
+    ``allow_host_code`` and ``lean_runtime`` are for version-compatible engines (see :class:`TensorRTRunner`)."""
     is_engine = path.suffix in ENGINE_SUFFIXES
+    if (allow_host_code or lean_runtime) and not is_engine:
+        raise InputError(f"{path}: --allow-host-code and --lean-runtime apply to TensorRT engines (.engine), not to "
+                         "ONNX files; leave them out")
     if backend == "auto":
         backend = "tensorrt" if is_engine else "onnxruntime"
     if backend == "tensorrt":
@@ -38,7 +43,7 @@ def create_runner(path: Path, backend: str = "auto", device: str = "auto", tenso
                              "for an ONNX file use --backend onnxruntime (add --trt-ep for ONNX Runtime's TensorRT EP)")
         from mdrn_edge.runtime.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(path)
+        return TensorRTRunner(path, lean_runtime=lean_runtime, allow_host_code=allow_host_code)
     if is_engine:
         raise InputError(f"{path}: a TensorRT engine runs on --backend tensorrt, not {backend}")
     if path.suffix != ".onnx":

@@ -18,6 +18,11 @@ from mdrn_edge.errors import InputError, MdrnError
 from mdrn_edge.modelinfo import ModelInfo
 
 
+# The LR shapes (N x 1 x H x W) an engine covers unless told otherwise: mdrn-export's default engine profile and
+# the profile of ONNX Runtime's TensorRT EP; modest on purpose (Jetson memory), larger slices are tiled.
+DEFAULT_PROFILE = ((1, 1, 16, 16), (1, 1, 256, 256), (1, 1, 512, 512))
+
+
 class InferenceError(MdrnError):
     """The backend produced something unusable (NaN/Inf output, wrong shape)."""
 

@@ -1,14 +1,17 @@
-"""Device buffers and a stream behind one small adapter: cuda-python (NVIDIA's choice in its TensorRT samples)
-or pycuda where that is what is installed. Every cuda-python call returns ``(err, value...)`` and is checked.
+"""Device buffers, page-locked host buffers and a stream behind one small adapter: cuda-python (NVIDIA's choice in
+its TensorRT samples) or pycuda where that is what is installed. Every cuda-python call returns ``(err, value...)``
+and is checked. Host buffers are page-locked (pinned): an asynchronous copy from pageable memory is staged through
+a driver buffer and does not overlap with compute.
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
 
-from mdrn_edge.errors import MdrnError, MissingDependencyError
+from mdrn_edge.errors import MdrnError, MissingDependencyError, first_line
 
 INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13' on JetPack 6.1+) or pycuda"
 
@@ -56,6 +59,14 @@ class CudaPython:
     def free(self, ptr: int) -> None:
         self._check(self.rt.cudaFree(ptr), "cudaFree")
 
+    def host_alloc(self, nbytes: int) -> np.ndarray:
+        """A page-locked host buffer of ``nbytes`` bytes as a uint8 array (freed by :meth:`host_free`)."""
+        ptr = int(self._check(self.rt.cudaMallocHost(max(nbytes, 1)), "cudaMallocHost"))
+        return np.ctypeslib.as_array((ctypes.c_ubyte * max(nbytes, 1)).from_address(ptr))
+
+    def host_free(self, buffer: np.ndarray) -> None:
+        self._check(self.rt.cudaFreeHost(buffer.ctypes.data), "cudaFreeHost")
+
     def htod(self, ptr: int, host: np.ndarray) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._check(self.rt.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, kind, self.stream), "cudaMemcpyAsync")
@@ -81,10 +92,16 @@ class PyCuda:
     name = "pycuda"
 
     def __init__(self) -> None:
-        import pycuda.autoinit  # noqa: F401  (creates the context)
-        import pycuda.driver as cuda
+        import pycuda.driver as cuda  # ImportError: pycuda is not installed
 
-        self.cuda, self.stream, self._allocs = cuda, cuda.Stream(), {}
+        try:
+            import pycuda.autoinit  # noqa: F401  (creates the context: fails without a driver or a GPU)
+
+            self.stream = cuda.Stream()
+        except Exception as exc:
+            raise CudaError(f"pycuda could not create a CUDA context ({type(exc).__name__}: {first_line(exc)}); check the "
+                            "NVIDIA driver and that a GPU is visible") from None
+        self.cuda, self._allocs = cuda, {}
 
     def device(self) -> dict[str, Any]:
         dev = self.cuda.Context.get_device()
@@ -98,6 +115,12 @@ class PyCuda:
 
     def free(self, ptr: int) -> None:
         self._allocs.pop(ptr).free()
+
+    def host_alloc(self, nbytes: int) -> np.ndarray:
+        return self.cuda.pagelocked_empty(max(nbytes, 1), np.uint8)
+
+    def host_free(self, buffer: np.ndarray) -> None:
+        """pycuda frees page-locked arrays with the array."""
 
     def htod(self, ptr: int, host: np.ndarray) -> None:
         self.cuda.memcpy_htod_async(ptr, host, self.stream)

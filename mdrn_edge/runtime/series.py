@@ -89,7 +89,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                   scale: int | None = None, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
                   threads: int | None = None, nifti_dtype: str = "keep", overwrite: bool = False,
-                  send_to: str | None = None, clip: str = "series", progress: Progress = _no_progress) -> InferResult:
+                  send_to: str | None = None, clip: str = "series", allow_host_code: bool = False,
+                  lean_runtime: str | Path | None = None, progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
@@ -124,7 +125,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     if dest and nifti:
         raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
     path = resolve_model_file(str(model) if model else None, scale)
-    runner = create_runner(path, backend, device, tensorrt_ep, threads)
+    runner = create_runner(path, backend, device, tensorrt_ep, threads, allow_host_code, lean_runtime)
     skipped: Counter = Counter()
     volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped)
     series, n_slices = [], 0

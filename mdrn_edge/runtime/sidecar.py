@@ -39,10 +39,11 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def check_compatible(sidecar: dict[str, Any], trt_version: str, device: dict[str, Any], engine: str | Path) -> None:
-    """Refuse an engine built for another TensorRT version or GPU, naming both sides."""
+    """Refuse an engine built for another TensorRT version or GPU, naming both sides. A version-compatible plan
+    runs on its own TensorRT and any later one, across major versions too (8.6 plans run on 10.x)."""
     built = str(sidecar.get("tensorrt_version"))
     if sidecar.get("version_compatible"):
-        ok = _version_tuple(trt_version)[:1] == _version_tuple(built)[:1] and _version_tuple(trt_version) >= _version_tuple(built)
+        ok = _version_tuple(trt_version) >= _version_tuple(built)
     else:
         ok = _version_tuple(trt_version) == _version_tuple(built)
     if not ok:

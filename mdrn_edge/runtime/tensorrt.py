@@ -1,38 +1,47 @@
 """Native TensorRT 10 backend: an engine plus its sidecar, tensor-name I/O, one non-default CUDA stream.
 
-Follows ``shared/notes/TENSORRT.md``: the sidecar is checked before deserialising, every return value is
-checked, input shapes are validated against the engine's profile before ``set_input_shape``, every I/O address
-is set, and NaN/Inf outputs are refused (by :class:`~mdrn_edge.runtime.base.Runner`).
+Follows ``shared/notes/TENSORRT.md``: the sidecar is checked and the plan's bytes verified against its SHA-256
+before deserialising, every return value is checked, input shapes are validated against the engine's profile
+before ``set_input_shape``, every I/O address is set, copies go through page-locked buffers, one lock guards the
+execution context, and NaN/Inf outputs are refused (by :class:`~mdrn_edge.runtime.base.Runner`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError
-from mdrn_edge.fileio import file_sha256
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import Runner
 from mdrn_edge.runtime.cuda import CudaError, cuda_adapter
-from mdrn_edge.runtime.sidecar import check_compatible, read_sidecar, sidecar_path
+from mdrn_edge.runtime.sidecar import REBUILD, check_compatible, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
-TRT_MODULES = ("tensorrt", "tensorrt_lean")  # the full runtime, then the lean one (version-compatible plans)
 TRT_HINT = "install TensorRT 10 (JetPack 6.1+ ships 10.3; elsewhere pip install 'mdrn-edge[gpu]')"
 
 
-def import_tensorrt(modules: tuple[str, ...] = TRT_MODULES):
+def import_tensorrt(version_compatible: bool = False):
+    """The full TensorRT runtime; for version-compatible plans the lean runtime (``tensorrt_lean``) also serves,
+    since that is all it can deserialise."""
+    modules = ("tensorrt", "tensorrt_lean") if version_compatible else ("tensorrt",)
     for name in modules:
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
+    if not version_compatible and importlib.util.find_spec("tensorrt_lean") is not None:
+        raise MissingDependencyError("only TensorRT's lean runtime (tensorrt_lean) is installed, and it runs only "
+                                     "engines built with mdrn-export --version-compatible; install the full TensorRT "
+                                     "runtime or rebuild the engine with --version-compatible")
     raise MissingDependencyError(f"TensorRT is not installed; {TRT_HINT}")
 
 
@@ -50,36 +59,85 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
+def verified_plan(path: Path, sidecar: dict[str, Any]) -> bytes:
+    """The plan's bytes, once they match the SHA-256 its sidecar records: the bytes checked are the bytes
+    deserialised, and a sidecar without the hash is refused (a plan runs native code on the GPU)."""
+    expected = sidecar.get("engine_sha256")
+    if not expected:
+        raise ModelFileError(f"{path}: its sidecar records no engine_sha256, so the plan cannot be verified; {REBUILD}")
+    plan = path.read_bytes()
+    if hashlib.sha256(plan).hexdigest() != expected:
+        raise ModelFileError(f"{path}: does not match the SHA-256 in its sidecar (modified or corrupt); {REBUILD}")
+    return plan
+
+
 class TensorRTRunner(Runner):
+    """An engine on the GPU. ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible plan
+    embeds (host code from the file: only for plans whose origin you trust); ``lean_runtime`` is the lean runtime
+    library of the building TensorRT, for a plan built with ``--exclude-lean-runtime`` run by a later TensorRT."""
+
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, profile: int = 0, lean_runtime: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path, profile: int = 0, lean_runtime: str | Path | None = None,
+                 allow_host_code: bool = False) -> None:
         super().__init__(path)
-        self.profile, self.lean_runtime = profile, lean_runtime
+        self.profile, self.lean_runtime, self.allow_host_code = profile, lean_runtime, allow_host_code
         self.sidecar: dict[str, Any] = {}
-        self.trt = self.cuda = self.engine = self.context = None
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)
+        self.trt = self.cuda = self.engine = self.context = self.runtime = self._base_runtime = None
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self._host: dict[str, np.ndarray] = {}  # name -> page-locked staging buffer
+        self._lock = threading.Lock()  # an execution context is not thread-safe
 
     def activate_impl(self) -> None:
+        try:
+            self._activate()
+        except BaseException:
+            self.deactivate_impl()  # nothing half-open: buffers freed, stream destroyed
+            raise
+
+    def _runtime(self, trt, built: str):
+        """The runtime that may deserialise this plan, per TensorRT's version-compatibility rules."""
+        runtime = trt.Runtime(self.logger)
+        if self.sidecar.get("dla_core") is not None:
+            runtime.DLA_core = int(self.sidecar["dla_core"])
+        if not self.sidecar.get("version_compatible"):
+            return runtime
+        if self.sidecar.get("lean_runtime") == "excluded":
+            if trt.__version__ == built:
+                return runtime
+            if not self.lean_runtime:
+                raise ModelFileError(f"{self.path}: built by TensorRT {built} without its lean runtime; this is TensorRT "
+                                     f"{trt.__version__}: pass --lean-runtime with TensorRT {built}'s libnvinfer_lean "
+                                     f"library, or {REBUILD}")
+            self._base_runtime = runtime  # the loaded lean runtime lives inside it: keep it alive
+            shim = runtime.load_runtime(str(self.lean_runtime))
+            if shim is None:
+                raise ModelFileError(f"{self.lean_runtime}: TensorRT could not load it as a lean runtime library (see "
+                                     f"its log above); give TensorRT {built}'s libnvinfer_lean")
+            return shim
+        if not self.allow_host_code:
+            raise ModelFileError(f"{self.path}: a version-compatible engine runs the lean runtime embedded in the plan "
+                                 "(host code from the file); pass --allow-host-code if you trust where it came from, "
+                                 "or rebuild it with --exclude-lean-runtime")
+        runtime.engine_host_code_allowed = True  # trusted by the caller; the bytes were verified against the sidecar
+        return runtime
+
+    def _activate(self) -> None:
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such engine file; build one with mdrn-export --engine")
         self.sidecar = read_sidecar(self.path)
         self.info = ModelInfo.from_dict(self.sidecar.get("model"), str(sidecar_path(self.path)))
-        trt = self.trt = import_tensorrt()
+        plan = verified_plan(self.path, self.sidecar)
+        trt = self.trt = import_tensorrt(bool(self.sidecar.get("version_compatible")))
         self.cuda = cuda_adapter()
+        built = str(self.sidecar.get("tensorrt_version"))
         check_compatible(self.sidecar, trt.__version__, self.cuda.device(), self.path)
         self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = self.runtime = trt.Runtime(self.logger)
-        if self.sidecar.get("version_compatible"):
-            runtime.engine_host_code_allowed = True  # trusted plans only: ours, checked by sidecar hash below
-            if self.lean_runtime:
-                runtime.load_runtime(str(self.lean_runtime))
-        plan = self.path.read_bytes()
-        if self.sidecar.get("engine_sha256") and file_sha256(self.path) != self.sidecar["engine_sha256"]:
-            raise ModelFileError(f"{self.path}: does not match the SHA-256 in its sidecar (modified or corrupt); rebuild it")
-        engine = self.engine = runtime.deserialize_cuda_engine(plan)
+        self.runtime = self._runtime(trt, built)  # kept: a runtime must outlive the engines it deserialised
+        engine = self.engine = self.runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise ModelFileError(f"{self.path}: TensorRT {trt.__version__} could not deserialise it; rebuild it on this device")
+            raise ModelFileError(f"{self.path}: TensorRT {trt.__version__} could not deserialise it (see its log above); "
+                                 f"{REBUILD}")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         mode = {n: engine.get_tensor_mode(n) for n in names}
         self.input_name = next(n for n in names if mode[n] == trt.TensorIOMode.INPUT)
@@ -106,41 +164,48 @@ class TensorRTRunner(Runner):
             raise InputError(f"input {'x'.join(map(str, shape))} is outside the engine's profile "
                              f"{'x'.join(map(str, lo))} .. {'x'.join(map(str, hi))}; {hint}")
 
-    def _buffer(self, name: str, nbytes: int) -> int:
+    def _buffer(self, name: str, nbytes: int) -> tuple[int, np.ndarray]:
+        """The device buffer and page-locked host buffer of a tensor, grown to ``nbytes`` when needed."""
         ptr, capacity = self._buffers.get(name, (0, 0))
         if capacity < nbytes:
             if ptr:
                 self.cuda.free(ptr)
-            ptr, capacity = self.cuda.malloc(nbytes), nbytes
-            self._buffers[name] = (ptr, capacity)
-        return ptr
+                self.cuda.host_free(self._host.pop(name))
+            self._buffers[name] = (ptr, capacity) = (self.cuda.malloc(nbytes), nbytes)
+            self._host[name] = self.cuda.host_alloc(nbytes)
+        return ptr, self._host[name][:nbytes]
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        ctx = self.context
-        if not ctx.set_input_shape(self.input_name, batch.shape):
-            raise InputError(f"TensorRT refused input shape {batch.shape} for {self.input_name}")
-        out_shape = tuple(ctx.get_tensor_shape(self.output_name))
-        if any(d < 0 for d in out_shape):
-            raise ModelFileError(f"{self.path}: TensorRT could not infer the output shape for input {batch.shape}")
-        out = np.empty(out_shape, dtype=np.float32)
-        src, dst = self._buffer(self.input_name, batch.nbytes), self._buffer(self.output_name, out.nbytes)
-        for name, ptr in ((self.input_name, src), (self.output_name, dst)):
-            if not ctx.set_tensor_address(name, ptr):
-                raise ModelFileError(f"{self.path}: TensorRT refused the address of tensor {name}")
-        self.cuda.htod(src, batch)
-        if not ctx.execute_async_v3(self.cuda.stream_handle):
-            raise CudaError(f"{self.path}: TensorRT execution failed (see the TensorRT log above)")
-        self.cuda.dtoh(out, dst)
-        self.cuda.synchronize()
-        return out
+        with self._lock:
+            ctx = self.context
+            if not ctx.set_input_shape(self.input_name, batch.shape):
+                raise InputError(f"TensorRT refused input shape {batch.shape} for {self.input_name}")
+            out_shape = tuple(ctx.get_tensor_shape(self.output_name))
+            if any(d < 0 for d in out_shape):
+                raise ModelFileError(f"{self.path}: TensorRT could not infer the output shape for input {batch.shape}")
+            out_bytes = int(np.prod(out_shape)) * 4
+            (src, src_host), (dst, dst_host) = self._buffer(self.input_name, batch.nbytes), self._buffer(self.output_name, out_bytes)
+            for name, ptr in ((self.input_name, src), (self.output_name, dst)):
+                if not ctx.set_tensor_address(name, ptr):
+                    raise ModelFileError(f"{self.path}: TensorRT refused the address of tensor {name}")
+            src_host[:] = batch.reshape(-1).view(np.uint8)
+            self.cuda.htod(src, src_host)
+            if not ctx.execute_async_v3(self.cuda.stream_handle):
+                raise CudaError(f"{self.path}: TensorRT execution failed (see the TensorRT log above)")
+            self.cuda.dtoh(dst_host, dst)
+            self.cuda.synchronize()
+            return dst_host.view(np.float32).reshape(out_shape).copy()
 
     def deactivate_impl(self) -> None:
-        for ptr, _ in self._buffers.values():
-            self.cuda.free(ptr)
-        self._buffers.clear()
-        self.context = self.engine = None
         if self.cuda:
+            for name, (ptr, _) in self._buffers.items():
+                self.cuda.free(ptr)
+                self.cuda.host_free(self._host[name])
             self.cuda.close()
+        self._buffers.clear()
+        self._host.clear()
+        self.context = self.engine = None  # in TensorRT's order: context, engine, then the runtimes
+        self.runtime = self._base_runtime = self.cuda = None
 
     def device_memory_bytes(self) -> int:
         """The engine's own figure for its activation memory (the TensorRT 10.1+ ``_v2`` API)."""
