@@ -1,0 +1,263 @@
+"""The TensorRT path end to end through the real code, on the strict TensorRT 10 emulator (tests/trt_emulator).
+
+The emulator is not TensorRT: it enforces the API contract our code relies on and computes with ONNX Runtime on
+the CPU. These tests prove the code keeps that contract (names, profiles, shapes, addresses, streams, flags,
+precision pins, version rules, integrity) and that export -> engine -> sidecar -> mdrn-infer -> mdrn-bench works
+as one path; what TensorRT itself computes on a GPU is tested by the real-TensorRT tests, which run wherever
+TensorRT imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from corpus import make_series, mr_small
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU = ROOT / "tests" / "trt_emulator"
+
+
+def emu_env(tmp: Path, lean_only: bool = False, **settings: str) -> dict[str, str]:
+    """The environment of a process that sees the emulator as its TensorRT (and, lean_only, only the lean one)."""
+    paths = [EMU / "common", EMU / "lean"] if lean_only else [EMU / "common", EMU / "full", EMU / "lean"]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths)), "MDRN_TRT_EMU_LOG": str(tmp / "emu.jsonl"),
+            **settings}
+
+
+def run(tool: str, *args, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"mdrn_edge.cli.{tool}", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def events(tmp: Path, kind: str) -> list[dict]:
+    log = tmp / "emu.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def one_line(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    err = [line for line in proc.stderr.splitlines() if not line.startswith("[TRT-EMULATOR]")]
+    assert proc.returncode == code, proc.stderr
+    assert len(err) == 1 and text in err[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def export(tmp: Path, name: str, *options, env_settings: dict | None = None) -> tuple[dict, dict]:
+    out = tmp / name
+    proc = run("export", "mdrn-x4", "--output", out, "--json", *options, env=emu_env(tmp, **(env_settings or {})))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    return result, json.loads(Path(f"{result['engine']}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """FP32 (every default), FP16, and version-compatible engines, built once through mdrn-export."""
+    tmp = tmp_path_factory.mktemp("emulated")
+    built = {"fp32": export(tmp, "fp32"), "fp16": export(tmp, "fp16", "--fp16"),
+             "vc-excluded": export(tmp, "vcx", "--fp16", "--version-compatible", "--exclude-lean-runtime"),
+             "vc-embedded": export(tmp, "vce", "--fp16", "--version-compatible")}
+    return tmp, built
+
+
+def test_default_export_builds_a_checked_fp32_engine_without_tf32(engines):
+    tmp, built = engines
+    result, sidecar = built["fp32"]
+    assert result["engine"] and Path(result["engine"]).is_file() and result["engine_skipped_reason"] is None
+    engine = next(a for a in result["artifacts"] if a["format"] == "engine")
+    assert engine["checks"]["psnr_drop_db"] <= 0.05 and engine["checks"]["gpu"].startswith("TensorRT emulator")
+    assert sidecar["precision"] == "fp32" and "--noTF32" in sidecar["trtexec"]
+    build = events(tmp, "build")[0]
+    assert "TF32" not in build["flags"] and "FP16" not in build["flags"]
+
+
+def test_fp16_engine_pins_cca_to_fp32_under_obey_and_the_trtexec_line_says_so(engines):
+    tmp, built = engines
+    result, sidecar = built["fp16"]
+    build = events(tmp, "build")[1]
+    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(build["flags"])
+    assert build["fp32_layers"] == sidecar["fp32_layers"] and len(sidecar["fp32_layers"]) >= 8
+    assert all("attn" in name for name in sidecar["fp32_layers"]) and not build["pinned_without_obey"]
+    assert "--layerPrecisions=" in sidecar["trtexec"] and "--layerOutputTypes=" in sidecar["trtexec"]
+    engine = next(a for a in result["artifacts"] if a["format"] == "engine")
+    assert engine["checks"]["psnr_drop_db"] <= 0.05
+
+
+def test_a_three_slice_series_runs_through_the_engine_and_matches_onnx_runtime(engines, tmp_path):
+    tmp, built = engines
+    series = make_series(tmp_path / "in", 3)
+    before = {p.name: p.read_bytes() for p in series.iterdir()}
+    log = tmp_path / "emu.jsonl"
+    proc = run("infer", series, "--output", tmp_path / "trt", "--model", built["fp32"][0]["engine"], "--json",
+               env={**emu_env(tmp), "MDRN_TRT_EMU_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["backend"] == "tensorrt"
+    proc = run("infer", series, "--output", tmp_path / "ort", "--model", built["fp32"][0]["onnx"], env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    trt = [pydicom.dcmread(p).pixel_array.astype(int) for p in sorted((tmp_path / "trt").glob("*.dcm"))]
+    ort = [pydicom.dcmread(p).pixel_array.astype(int) for p in sorted((tmp_path / "ort").glob("*.dcm"))]
+    assert len(trt) == 3 and all(np.abs(a - b).max() <= 1 for a, b in zip(trt, ort))
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    shapes = [e["shape"] for e in runs if e["event"] == "execute"]
+    assert len(shapes) == 3 and all(s[0] == 1 for s in shapes)  # the profile's batch is 1: one slice per call
+    assert not [e for e in runs if e["event"] == "pageable_copy"]  # every copy through page-locked buffers
+    assert {p.name: p.read_bytes() for p in series.iterdir()} == before
+
+
+def test_a_version_compatible_plan_runs_on_the_lean_runtime_alone(engines, tmp_path):
+    tmp, built = engines
+    series = make_series(tmp_path / "in", 2)
+    proc = run("infer", series, "--output", tmp_path / "out", "--model", built["vc-excluded"][0]["engine"],
+               env=emu_env(tmp, lean_only=True))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 2
+    proc = run("infer", series, "--output", tmp_path / "no", "--model", built["fp32"][0]["engine"],
+               env=emu_env(tmp, lean_only=True))
+    one_line(proc, 4, "runs only engines built with mdrn-export --version-compatible")
+    assert not (tmp_path / "no").exists()
+
+
+def test_embedded_lean_runtime_runs_host_code_only_when_allowed(engines, tmp_path):
+    tmp, built = engines
+    series = make_series(tmp_path / "in", 1)
+    engine = built["vc-embedded"][0]["engine"]
+    proc = run("infer", series, "--output", tmp_path / "no", "--model", engine, env=emu_env(tmp))
+    one_line(proc, 3, "pass --allow-host-code if you trust where it came from")
+    assert not (tmp_path / "no").exists()
+    later = emu_env(tmp, MDRN_TRT_EMU_VERSION="10.8.0")
+    proc = run("infer", series, "--output", tmp_path / "yes", "--model", engine, "--allow-host-code", env=later)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_later_tensorrt_runs_an_excluded_lean_runtime_plan_with_the_builders_lean_library(engines, tmp_path):
+    tmp, built = engines
+    series = make_series(tmp_path / "in", 1)
+    engine = built["vc-excluded"][0]["engine"]
+    later = emu_env(tmp, MDRN_TRT_EMU_VERSION="10.8.0")
+    proc = run("infer", series, "--output", tmp_path / "no", "--model", engine, env=later)
+    one_line(proc, 3, "pass --lean-runtime with TensorRT 10.3.0's libnvinfer_lean library")
+    lib = tmp_path / "libnvinfer_lean.so.10"
+    lib.write_text("TensorRT lean runtime 10.3.0\n")  # what the emulator's load_runtime reads
+    proc = run("infer", series, "--output", tmp_path / "yes", "--model", engine, "--lean-runtime", lib, env=later)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("infer", series, "--output", tmp_path / "old", "--model", built["fp32"][0]["engine"], env=later)
+    one_line(proc, 3, "built with TensorRT 10.3.0, this is TensorRT 10.8.0")
+
+
+def test_a_tampered_engine_or_a_sidecar_without_its_hash_is_refused(engines, tmp_path):
+    tmp, built = engines
+    series = make_series(tmp_path / "in", 1)
+    source = Path(built["fp32"][0]["engine"])
+    for case in ("tampered", "unhashed"):
+        folder = tmp_path / case
+        folder.mkdir()
+        engine = folder / source.name
+        plan = bytearray(source.read_bytes())
+        sidecar = json.loads(Path(f"{source}.json").read_text())
+        if case == "tampered":
+            plan[len(plan) // 2] ^= 0xFF
+        else:
+            del sidecar["engine_sha256"]
+        engine.write_bytes(bytes(plan))
+        Path(f"{engine}.json").write_text(json.dumps(sidecar))
+        proc = run("infer", series, "--output", tmp_path / f"out-{case}", "--model", engine, env=emu_env(tmp))
+        one_line(proc, 3, "does not match the SHA-256" if case == "tampered" else "records no engine_sha256")
+        assert not (tmp_path / f"out-{case}").exists()
+
+
+def test_bench_measures_engine_rows_through_the_emulator(tmp_path):
+    proc = run("bench", "--output", tmp_path / "bench", "--sizes", "16", "--min-time", "0.05", "--json",
+               "--backends", "onnxruntime-fp32-cpu,tensorrt-fp16", "--no-table3", env=emu_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    assert "skipped" not in rows["tensorrt-fp16"], rows["tensorrt-fp16"]
+    assert abs(rows["tensorrt-fp16"]["psnr"] - rows["onnxruntime-fp32-cpu"]["psnr"]) < 0.05
+    assert rows["tensorrt-fp16"]["torch_imported"] is False
+
+
+def test_a_shared_timing_cache_is_merged_and_one_from_another_gpu_refused(tmp_path):
+    cache = tmp_path / "timing.cache"
+    export(tmp_path, "a", "--timing-cache", cache)
+    export(tmp_path, "b", "--fp16", "--timing-cache", cache)
+    entries = json.loads(cache.read_bytes()[6:])["entries"]
+    assert {k.split(":")[0] for k in entries} == {"FP32", "FP16"}  # the second build added to the first
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "c", "--timing-cache", cache, "--json",
+               env=emu_env(tmp_path, MDRN_TRT_EMU_CC="9.0"))
+    one_line(proc, 7, "this timing cache is from another TensorRT version or GPU")
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+
+
+def test_dla_engines_where_a_dla_exists_and_one_line_where_none_does(tmp_path):
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "none", "--fp16", "--dla-core", "0", "--json",
+               env=emu_env(tmp_path))
+    one_line(proc, 2, "this device has no DLA")
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "fp32", "--dla-core", "0", "--json", env=emu_env(tmp_path))
+    one_line(proc, 2, "the DLA runs FP16 or INT8 only")
+    result, sidecar = export(tmp_path, "dla", "--fp16", "--dla-core", "1", env_settings={"MDRN_TRT_EMU_DLA_CORES": "2"})
+    assert sidecar["dla_core"] == 1 and "GPU_FALLBACK" in sidecar["flags"] and "--useDLACore=1" in sidecar["trtexec"]
+    proc = run("infer", make_series(tmp_path / "in", 1), "--output", tmp_path / "out", "--model", result["engine"],
+               env=emu_env(tmp_path, MDRN_TRT_EMU_DLA_CORES="2"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_int8_engine_is_built_from_the_qdq_onnx(tmp_path):
+    result, sidecar = export(tmp_path, "int8", "--int8", "--calibration", mr_small())
+    assert result["onnx_int8"] and sidecar["precision"] == "int8" and {"INT8", "FP16"} <= set(sidecar["flags"])
+    assert sidecar["onnx"].endswith(".int8.onnx") and "--int8" in sidecar["trtexec"]
+    engine = next(a for a in result["artifacts"] if a["format"] == "engine")
+    assert engine["checks"]["psnr_drop_db"] <= 0.1
+
+
+# --- in-process: what only a live runner shows ------------------------------------------------------------------
+
+@pytest.fixture()
+def emulator(monkeypatch, tmp_path):
+    """The emulator imported into this process for one test, then removed so no other test sees it."""
+    for sub in ("common", "full", "lean"):
+        monkeypatch.syspath_prepend(str(EMU / sub))
+    monkeypatch.setenv("MDRN_TRT_EMU_LOG", str(tmp_path / "emu.jsonl"))
+    yield __import__("trt_emulator")
+    for name in [m for m in sys.modules if m.split(".")[0] in ("tensorrt", "tensorrt_lean", "cuda", "trt_emulator")]:
+        del sys.modules[name]
+
+
+def test_a_failed_activation_leaves_no_stream_or_buffer_behind(engines, emulator):
+    from mdrn_edge.errors import ModelFileError
+    from mdrn_edge.runtime.tensorrt import TensorRTRunner
+
+    _, built = engines
+    before = emulator.live_streams()
+    with pytest.raises(ModelFileError, match="has no optimisation profile 3"):
+        TensorRTRunner(built["fp32"][0]["engine"], profile=3).activate()
+    assert emulator.live_streams() == before
+
+
+def test_one_runner_shared_by_threads_never_interleaves_its_context(engines, emulator):
+    from mdrn_edge.runtime.tensorrt import TensorRTRunner
+
+    _, built = engines
+    errors: list[BaseException] = []
+    rng = np.random.default_rng(0)
+    with TensorRTRunner(built["fp32"][0]["engine"]) as runner:
+        def work(size: int) -> None:
+            try:
+                for _ in range(15):
+                    x = rng.random((1, 1, size, size), dtype=np.float32)
+                    assert runner.infer(x).shape == (1, 1, 4 * size, 4 * size)
+            except BaseException as exc:  # noqa: BLE001  (collected and re-raised below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in (16, 24, 32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
