@@ -148,8 +148,13 @@ class TensorRTRunner(Runner):
         self.context = engine.create_execution_context()
         if self.context is None:
             raise CudaError(f"{self.path}: could not create an execution context (GPU memory?); close other GPU jobs")
-        if self.profile and not self.context.set_optimization_profile_async(self.profile, self.cuda.stream_handle):
-            raise ModelFileError(f"{self.path}: has no optimisation profile {self.profile}")
+        if self.profile:
+            try:  # NVIDIA's binding raises where the C++ API returns false
+                selected = self.context.set_optimization_profile_async(self.profile, self.cuda.stream_handle)
+            except RuntimeError:
+                selected = False
+            if not selected:
+                raise ModelFileError(f"{self.path}: has no optimisation profile {self.profile}")
         self.profile_shapes = [tuple(map(tuple, engine.get_tensor_profile_shape(self.input_name, self.profile)))]
 
     def input_limits(self) -> tuple[tuple[int, ...], tuple[int, ...]]:

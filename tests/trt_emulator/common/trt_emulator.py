@@ -602,7 +602,7 @@ class IExecutionContext:
 
     def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
         if not 0 <= profile_index < self.engine.num_optimization_profiles:
-            return False
+            raise RuntimeError("Error in set optimization profile async.")  # as NVIDIA's binding: raises, never False
         _cuda().stream(stream_handle)
         self.active_optimization_profile = profile_index
         return True
