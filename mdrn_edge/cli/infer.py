@@ -82,7 +82,8 @@ def command(inputs, output, model, scale, backend, device, trt_ep, allow_host_co
     tried = result.providers_tried
     click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend}"
                + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else ""), err=True)
-    click.echo(f"wrote {result.n_slices} slices x{result.scale} to {result.output} in {result.seconds} s"
+    click.echo(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
+               f"in {result.seconds} s"
                + (f"; stored {result.sent} in {send_to}" if send_to else ""))
 
 
