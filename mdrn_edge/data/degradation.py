@@ -73,6 +73,14 @@ def crop_to_multiple(img: np.ndarray, scale: int) -> np.ndarray:
     return img[..., : h - h % scale, : w - w % scale]
 
 
+def centre_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The central ``height`` x ``width`` of the last two axes (the whole axis where it is shorter)."""
+    h, w = img.shape[-2:]
+    ch, cw = min(h, height), min(w, width)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return img[..., y : y + ch, x : x + cw]
+
+
 def degrade(hr: np.ndarray, scale: int, kernel: str = "matlab") -> np.ndarray:
     """HR -> LR by bicubic downsampling (antialiased for ``matlab``); ``hr`` must be a multiple of ``scale``."""
     h, w = hr.shape[-2:]

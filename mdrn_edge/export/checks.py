@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mdrn_edge.data import read_volume
+from mdrn_edge.data.degradation import centre_crop
 from mdrn_edge.errors import ExportCheckError
 from mdrn_edge.evaluate import KERNELS, EvalPairs, compare, make_pairs
 from mdrn_edge.modelinfo import ModelInfo
@@ -28,8 +29,7 @@ def check_pairs(series: Sequence[Sequence[str | Path]], info: ModelInfo, max_sli
         hr = info.normalizer.fit(volume.data).normalize(volume.data)[::step][:max_slices]
         h, w = hr.shape[-2:]
         ch, cw = max(2 * scale, (3 * h // 4) // scale * scale), max(2 * scale, (3 * w // 4) // scale * scale)
-        y, x = (h - ch) // 2, (w - cw) // 2
-        pairs += [make_pairs(hr, scale, kernel), make_pairs(hr[:, y : y + ch, x : x + cw] + 0, scale, kernel)]
+        pairs += [make_pairs(hr, scale, kernel), make_pairs(centre_crop(hr, ch, cw) + 0, scale, kernel)]
     return pairs
 
 

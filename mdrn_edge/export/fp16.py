@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mdrn_edge.data.degradation import centre_crop
 from mdrn_edge.errors import ModelFileError, first_line, require
 from mdrn_edge.export.artifact import Artifact, read_metadata, set_metadata
 from mdrn_edge.fileio import atomic_path
@@ -75,10 +76,7 @@ def fp16_activation_peak(fp32_path: Path, lr_slices: list[np.ndarray], info: Mod
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     peak, where = 0.0, ""
     for lr in lr_slices:
-        h, w = lr.shape[-2:]
-        ch, cw = min(h, ACTIVATION_CROP), min(w, ACTIVATION_CROP)
-        y, x = (h - ch) // 2, (w - cw) // 2
-        crop = np.ascontiguousarray(lr[None, None, y : y + ch, x : x + cw], dtype=np.float32)
+        crop = np.ascontiguousarray(centre_crop(lr, ACTIVATION_CROP, ACTIVATION_CROP)[None, None], dtype=np.float32)
         for name, value in zip(watched, session.run(watched, {session.get_inputs()[0].name: crop})):
             if value.size and float(np.abs(value).max()) > peak:
                 peak, where = float(np.abs(value).max()), producers[name]

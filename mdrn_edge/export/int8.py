@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from mdrn_edge.data import read_volume
+from mdrn_edge.data.degradation import centre_crop
 from mdrn_edge.errors import InputError, ModelFileError, first_line, require
 from mdrn_edge.evaluate import KERNELS, EvalPairs, make_pairs
 from mdrn_edge.export.artifact import Artifact, read_metadata, set_metadata
@@ -58,10 +59,7 @@ def calibration_split(series: Sequence[str | Path], info: ModelInfo) -> tuple[np
         if min(hr.shape[-2:]) < 2 * info.scale:
             raise InputError(f"{source}: {hr.shape[-2]}x{hr.shape[-1]} slices are too small to calibrate x{info.scale}")
         lr = make_pairs(calibrate[:: max(1, len(calibrate) // MAX_CALIBRATION_INPUTS)], info.scale, kernel).lr
-        h, w = lr.shape[-2:]
-        ch, cw = min(h, CALIBRATION_CROP), min(w, CALIBRATION_CROP)
-        y, x = (h - ch) // 2, (w - cw) // 2
-        inputs.extend(lr[:, y : y + ch, x : x + cw])
+        inputs.extend(centre_crop(lr, CALIBRATION_CROP, CALIBRATION_CROP))
         if n_held:
             held.append(make_pairs(hr[n - n_held :], info.scale, kernel))
     return np.stack(inputs[:MAX_CALIBRATION_INPUTS * len(series)]), held
