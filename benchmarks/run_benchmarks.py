@@ -89,6 +89,7 @@ def memory(work: Path) -> list[dict]:
 
 
 def main() -> None:
+    from mdrn_edge.bench.report import busy_note
     from mdrn_edge.fileio import project_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,7 +115,8 @@ def main() -> None:
         "first_result_speedup_pass": min(ratios["first_result_speedup"].values()) >= 3.0,
     }
     lines = [f"# Benchmark summary ({args.tag})", "", f"Machine: {report['machine'].get('cpu_model')}, "
-             f"{report['machine']['cpu_cores']} cores; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), "",
+             f"{report['machine']['cpu_cores']} cores; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+             + "." + busy_note(report["machine"]), "",
              "| target | measured | pass |", "|---|---|---|"]
     for key, value in summary["onnxruntime_cpu_speedup"].items():
         lines.append(f"| ONNX Runtime CPU >= 1.5x PyTorch eager CPU ({key}) | {value:.2f}x | {value >= 1.5} |")

@@ -112,3 +112,34 @@ def test_int8_rows_run_the_calibrated_qdq_model_close_to_fp32(report):
         int8, fp32 = rows[("onnxruntime-int8-cpu", size)], rows[("onnxruntime-fp32-cpu", size)]
         assert "skipped" not in int8 and int8["precision"] == "int8" and int8["torch_imported"] is False
         assert abs(int8["psnr"] - fp32["psnr"]) < 0.5 and int8["max_abs_err"] < 0.1
+
+
+def test_the_report_says_how_busy_the_machine_was_before_the_run(report):
+    """A ratio measured while other work runs measures that work too: cpu_busy sees a spinning process, and the
+    report warns when the machine was not quiet."""
+    import multiprocessing
+    import os
+    import time
+
+    from mdrn_edge.bench.report import busy_note
+    from mdrn_edge.hardware import cpu_busy
+
+    _, data = report
+    assert 0.0 <= data["machine"]["cpu_busy_before_run"] <= 1.0
+    spinners = [multiprocessing.get_context("spawn").Process(target=_spin) for _ in range(os.cpu_count() or 1)]
+    for p in spinners:
+        p.start()
+    try:
+        time.sleep(1.0)  # let them start
+        assert cpu_busy(0.5) > 0.8
+    finally:
+        for p in spinners:
+            p.terminate()
+            p.join()
+    assert "Warning: 50% of the CPUs" in busy_note({"cpu_busy_before_run": 0.5})
+    assert "Warning" not in busy_note({"cpu_busy_before_run": 0.02}) and busy_note({}) == ""
+
+
+def _spin() -> None:
+    while True:
+        pass

@@ -22,13 +22,27 @@ def _f(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+BUSY_LIMIT = 0.1  # share of the CPUs other processes may use before the run without a warning in the report
+
+
+def busy_note(machine: dict[str, Any]) -> str:
+    """What the machine was doing before the run: a benchmark taken beside other work measures that work too."""
+    busy = machine.get("cpu_busy_before_run")
+    if busy is None:
+        return ""
+    if busy > BUSY_LIMIT:
+        return (f" **Warning: {busy:.0%} of the CPUs were busy with other work when the run began; its times and "
+                "ratios are not those of a quiet machine.**")
+    return f" CPUs busy with other work when the run began: {busy:.0%}."
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, v = report["machine"], report["versions"]
     lines = [
         f"# mdrn-bench: {report['model']['name']}",
         "",
         f"Machine: {m.get('cpu_model', m['cpu'])}, {m['cpu_cores']} cores, {m.get('memory_gb', '?')} GB"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; {m['platform']}.",
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; {m['platform']}." + busy_note(m),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"Data: {', '.join(report['data'])}. Accuracy on [0, 1] with {report['settings']['border_shaved']} pixels shaved.",
         "Dense matmul capability measured in this run: "

@@ -21,7 +21,7 @@ from mdrn_edge.data.degradation import degrade, imresize
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.evaluate import score
 from mdrn_edge.fileio import project_path
-from mdrn_edge.hardware import cpu_model
+from mdrn_edge.hardware import cpu_busy, cpu_model
 from mdrn_edge.metrics import psnr
 
 # name -> how to run it; the CLI, the availability checks and the report all read this one table
@@ -217,6 +217,7 @@ def flops_per_lr_pixel(arch: str, scale: int, config: dict[str, Any] | None = No
 def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     from mdrn_edge.bench.series import series_rows
 
+    busy = cpu_busy()  # before anything of ours runs: what else the machine was doing
     names = [n for n in cfg.backends]
     reasons = {n: unavailable(n) for n in names}
     runnable = [n for n in names if not reasons[n]]
@@ -271,7 +272,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
     return {
         "schema": "mdrn-edge-bench/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(), "versions": versions(),
+        "machine": {**machine(), "cpu_busy_before_run": busy}, "versions": versions(),
         "model": {"name": cfg.model, **{k: info.to_dict()[k] for k in ("arch", "scale", "normalizer", "checkpoint_sha256")}},
         "data": [project_path(p) for p in cfg.data] or ["bundled sample: pydicom MR_small.dcm"],
         "settings": {"sizes": list(cfg.sizes), "batches": list(cfg.batches), "min_time_s": cfg.min_time,

@@ -36,13 +36,14 @@ def run_infer(inputs: Sequence[str], output: Path, scale: int, tile: str) -> dic
 
 def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: Callable[[int], float],
                 matmul_gflops: float, progress: Callable[[str], None] = lambda _: None,
-                repeats: int = 2) -> list[dict[str, Any]]:
+                repeats: int = 3) -> list[dict[str, Any]]:
     """One row per series, scale and tile mode (auto, off): slices/s, GFLOP/s, share of the matmul rate, peak
     RSS, and the ratio to plain whole-slice calls; plus plain tiled calls against plain whole-slice calls.
 
-    The four ways (plain whole-slice calls, plain tiled calls, mdrn-infer with tiles, mdrn-infer with whole slices)
-    run in turn, ``repeats`` rounds, and each way's best round counts: on a shared machine whose speed drifts,
-    no way is favoured by when it ran."""
+    The plain ways alternate slice by slice and each slice's best of ``repeats`` rounds counts (summed over the
+    slices); the two mdrn-infer ways alternate run by run and each one's best run counts. On a virtual machine
+    whose speed drifts by a quarter from one second to the next (measured here), per-slice minima of
+    interleaved calls compare the ways at the machine's best for each, and no way is favoured by when it ran."""
     from mdrn_edge.data import read_volume
     from mdrn_edge.runtime import create_runner, resolve_model_file
     from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled
@@ -53,7 +54,6 @@ def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: C
         n, h, w = volume.data.shape
         for scale in scales:
             model_file = resolve_model_file(None, scale)
-            best: dict[str, float] = {}
             runs: dict[str, dict[str, Any]] = {}
             with create_runner(model_file, "onnxruntime", "cpu") as runner:
                 x = runner.info.normalizer.fit(volume.data).normalize(volume.data)
@@ -61,18 +61,20 @@ def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: C
                          "tiled": lambda s: run_tiled(runner.infer, s, scale, DEFAULT_TILE, DEFAULT_OVERLAP)}
                 for fn in plain.values():
                     fn(x[0])  # warm-up
+                per_slice = {way: [float("inf")] * n for way in plain}
                 for _ in range(repeats):
                     progress(f"x{scale} {h}x{w}: plain calls and mdrn-infer")
-                    for way, fn in plain.items():
-                        t0 = time.perf_counter()
-                        for one in x:
+                    for k, one in enumerate(x):
+                        for way, fn in plain.items():
+                            t0 = time.perf_counter()
                             fn(one)
-                        best[way] = min(best.get(way, float("inf")), time.perf_counter() - t0)
+                            per_slice[way][k] = min(per_slice[way][k], time.perf_counter() - t0)
                     for tile in TILE_MODES:
                         with tempfile.TemporaryDirectory(prefix="mdrn-bench-series-") as tmp:
                             run = run_infer([folder], Path(tmp) / "out", scale, tile)
                         if run["wall_s"] < runs.get(tile, {"wall_s": float("inf")})["wall_s"]:
                             runs[tile] = run
+            best = {way: sum(times) for way, times in per_slice.items()}
             flops = flops_per_pixel(scale) * h * w * n
             for tile in TILE_MODES:
                 run = runs[tile]
