@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ def peak_rss_mb() -> float:
 def cpu_busy(seconds: float = 1.0) -> float | None:
     """Share of all CPUs busy over ``seconds`` (Linux /proc/stat; None elsewhere). A benchmark records it before
     it starts: on 2 cores, another process at work halves the figures, and a ratio measured then says nothing."""
-    import time
-
     def ticks() -> tuple[int, int]:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]
