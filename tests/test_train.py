@@ -29,16 +29,34 @@ def train(out, data, *extra):
     return res
 
 
-def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path, data):
-    train(tmp_path / "straight", data)
-    train(tmp_path / "split", data, "--stop-after", "4")
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.5"]], ids=["plain", "ema"])
+def test_interrupted_and_resumed_run_reaches_the_same_weights(tmp_path, data, extra):
+    train(tmp_path / "straight", data, *extra)
+    train(tmp_path / "split", data, "--stop-after", "4", *extra)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 4
     CliRunner().invoke(train_cli, ["--output", tmp_path / "split", "--resume", "--no-progress", "--threads", "1"])
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert a["iteration"] == b["iteration"] == 6
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for weights in ("state_dict", "train_state_dict") if extra else ("state_dict",):
+        for k in a[weights]:
+            assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
+
+
+def test_with_ema_the_weight_average_is_validated_kept_and_shipped(tmp_path, data):
+    from mdrn_edge.models.checkpoint import slim
+
+    train(tmp_path / "run", data, "--ema", "0.5")
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["train_config"]["ema"] == 0.5 and last["ema_updates"] == 6
+    # the average of six Adam steps is not the last step: state_dict (what is validated and loaded) is the average
+    assert any(not torch.equal(last["state_dict"][k], last["train_state_dict"][k]) for k in last["state_dict"])
+    assert "train_state_dict" not in slim(last) and "ema_updates" not in slim(last)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert best["best"]["psnr"] == max(r["val_psnr"] for r in log if "val_psnr" in r)
+    model, _, _ = load_model(tmp_path / "run" / "last.pt")
+    assert model(torch.rand(1, 1, 8, 8)).shape == (1, 1, 32, 32)
 
 
 def test_checkpoints_load_weights_only_and_hold_what_the_card_needs(tmp_path, data):
@@ -70,6 +88,7 @@ def test_a_pickled_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize("args,expected", [
     (["--patch", "30"], "not a multiple of scale"),
     (["--patch", "128"], "smaller than the HR patch"),
+    (["--ema", "1"], "'--ema'"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, data, args, expected):
     train_dir, val = data

@@ -44,6 +44,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--apodization", type=click.Choice(["none", "hann", "hamming"]), help="k-space window of --degradation kspace  [default: none].")
 @click.option("--lr-noise", type=click.FloatRange(0, 0.5), help="Largest Rician noise standard deviation added to training LR (fraction of the normalised range 1.0), drawn per patch from [0, SIGMA]  [default: 0].")
 @click.option("--lr-noise-share", type=click.FloatRange(0, 1), help="Share of the training patches that get --lr-noise (the rest stay clean)  [default: 0.5].")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), help="Keep an exponential moving average of the weights with this decay (e.g. 0.999) and validate, keep and ship the average  [default: 0, off].")
 @click.option("--seed", type=int, help="Seed of the patch sampler  [default: 0].")
 @click.option("--data-licence", help="Licence/attribution of the training data, recorded in the checkpoint.")
 @click.option("--init-from", type=click.Path(dir_okay=False), help="Start from a checkpoint's matching tensors (fine-tune another scale).")
@@ -56,7 +57,7 @@ def _load_config(path: str | None) -> dict:
 @json_option
 @user_errors
 def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
-            normalizer, protocol, degradation, apodization, lr_noise, lr_noise_share, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
+            normalizer, protocol, degradation, apodization, lr_noise, lr_noise_share, ema, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
     Ctrl-C or SIGTERM saves last.pt and stops; --resume continues exactly.
@@ -95,7 +96,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
         "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
         "seed": seed, "data_licence": data_licence, "protocol": protocol, "degradation": degradation,
         "apodization": apodization, "lr_noise": lr_noise, "lr_noise_share": lr_noise_share,
-        "normalizer": chosen.to_dict() if chosen else None,
+        "ema": ema, "normalizer": chosen.to_dict() if chosen else None,
     }
     try:
         cfg = TrainConfig.from_dict({**base, **{k: v for k, v in overrides.items() if v is not None}})

@@ -19,7 +19,7 @@ from mdrn_edge.models import architecture_facts, build_model
 
 FORMAT = "mdrn-edge-checkpoint"
 FORMAT_VERSION = 2  # 2: the typed model info is stored as ``model_info``
-RESUME_KEYS = ("optimizer", "rng")
+RESUME_KEYS = ("optimizer", "rng", "train_state_dict", "ema_updates")
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
@@ -104,5 +104,5 @@ def load_model(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any], Mod
 
 
 def slim(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint without resume state (optimiser, RNG): what ships with the package."""
+    """The checkpoint without resume state (optimiser, RNG, the stepped weights under --ema): what ships."""
     return {k: v for k, v in ckpt.items() if k not in RESUME_KEYS}
