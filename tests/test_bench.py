@@ -12,7 +12,7 @@ FIELDS = {"backend", "precision", "device", "lr_size", "batch", "latency_ms", "t
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    res = CliRunner().invoke(bench_cli, ["--output", str(out), "--sizes", "16,24", "--min-time", "0.05", "--json",
+    res = CliRunner().invoke(bench_cli, ["--output", str(out), "--sizes", "16,24", "--min-time", "0.05", "--rounds", "2", "--json",
                                          "--backends", "torch-fp32-cpu,onnxruntime-fp32-cpu,onnxruntime-fp16-cpu,onnxruntime-int8-cpu,tensorrt-fp16",
                                          "--table3-size", "24"])
     assert res.exit_code == 0, res.output
@@ -29,7 +29,7 @@ def test_writes_json_markdown_and_plots(report):
 
 
 def test_every_result_has_the_schema_or_a_skip_reason(report):
-    _, data = report
+    out, data = report
     assert len(data["results"]) == 2 * 5
     for r in data["results"]:
         if "skipped" in r:
@@ -37,6 +37,8 @@ def test_every_result_has_the_schema_or_a_skip_reason(report):
         else:
             assert FIELDS <= set(r) and {"p50", "p90", "p99"} <= set(r["latency_ms"])
             assert r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+            assert r["rounds"] == 2  # the backends took turns twice; each row is its fastest round
+    assert data["settings"]["rounds"] == 2 and "fastest of 2 runs" in (out / "report.md").read_text()
 
 
 def test_accuracy_against_pytorch_and_the_light_runtime_stays_light(report):

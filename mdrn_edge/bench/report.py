@@ -3,8 +3,8 @@
 report.json: ``machine``, ``versions``, ``model``, ``data``, ``settings``, ``matmul_gflops`` (the measured dense
 matmul capability per device), ``results`` (one entry per backend, precision, LR size and batch: ``backend``,
 ``precision``, ``device``, ``lr_size``, ``batch`` and either ``skipped`` (the reason) or ``latency_ms``
-{p50, p90, p99, runs}, ``throughput`` (slices/s), ``first_result_s`` (fresh process: import + load + one
-slice), ``peak_rss_mb``, ``peak_gpu_mb`` (CUDA only), ``max_abs_err`` and ``psnr_vs_torch_fp32`` (against
+{p50, p90, p99, runs} of the fastest of ``rounds`` alternating runs, ``throughput`` (slices/s), ``first_result_s``
+(fresh process: import + load + one slice; the soonest of the rounds), ``peak_rss_mb``, ``peak_gpu_mb`` (CUDA only), ``max_abs_err`` and ``psnr_vs_torch_fp32`` (against
 PyTorch FP32 CPU on the same input), ``psnr``/``ssim`` (against the HR ground truth), ``achieved_gflops`` and
 ``share_of_matmul_peak``), ``models`` (Table 3: ``arch``, ``params``, ``flops``, ``latency_ms``,
 ``peak_mem_mb`` with the paper's figures beside) and ``ratios``.
@@ -45,6 +45,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; {m['platform']}." + busy_note(m),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"Data: {', '.join(report['data'])}. Accuracy on [0, 1] with {report['settings']['border_shaved']} pixels shaved.",
+        f"Each backend: the fastest of {report['settings'].get('rounds', 1)} runs (fresh processes, the backends taking "
+        f"turns), each at least {report['settings']['min_time_s']} s of timed calls after warm-up.",
         "Dense matmul capability measured in this run: "
         + ", ".join(f"{k} {val:.1f} GFLOP/s" for k, val in report["matmul_gflops"].items()) + ".",
         "",

@@ -30,6 +30,9 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--batch", "batches", default="1", help="Batch sizes, comma-separated.")
 @click.option("--data", multiple=True, help="Real MRI (DICOM/NIfTI) for inputs and accuracy  [default: the bundled sample].")
 @click.option("--min-time", type=float, default=1.0, help="Seconds of timed runs per measurement (after warm-up).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs of every backend per input, taking turns in fresh processes; each keeps its fastest (the "
+                   "machine's speed drifts, so one run after another can swap backends' places).")
 @click.option("--no-table3", is_flag=True, help="Skip the MDRN/EDSR/RFDN efficiency comparison.")
 @click.option("--table3-size", type=int, default=256, help="LR size of the efficiency comparison (the paper's FLOPs are at 256).")
 @click.option("--series", multiple=True, type=click.Path(exists=True, file_okay=False),
@@ -39,7 +42,7 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for report.json, report.md and plots.")
 @json_option
 @user_errors
-def command(model, backends, sizes, batches, data, min_time, no_table3, table3_size, series, series_scales, output,
+def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, table3_size, series, series_scales, output,
             as_json):
     """Benchmark PyTorch, ONNX Runtime and TensorRT on real MRI slices; each backend runs in its own process."""
     require("torch", "bench")
@@ -54,9 +57,9 @@ def command(model, backends, sizes, batches, data, min_time, no_table3, table3_s
     if not set(scales) <= {2, 4, 8}:
         raise InputError(f"--series-scales {series_scales!r}: the shipped models are x2, x4 and x8")
     cfg = BenchConfig(model=model, backends=names, sizes=_ints(sizes, "--sizes"), batches=_ints(batches, "--batch"),
-                      data=data, min_time=min_time, table3=not no_table3, table3_size=table3_size,
+                      data=data, min_time=min_time, rounds=rounds, table3=not no_table3, table3_size=table3_size,
                       series=series, series_scales=scales)
-    steps = (len(cfg.sizes) * len(cfg.batches) * len(names) + (3 if cfg.table3 else 0)
+    steps = (len(cfg.sizes) * len(cfg.batches) * len(names) * rounds + (3 if cfg.table3 else 0)
              + len(cfg.series) * len(cfg.series_scales) * 2)
     with progress_bar(steps, "bench", not as_json) as bar:
         def tick(label: str) -> None:
