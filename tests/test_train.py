@@ -75,6 +75,14 @@ def test_checkpoints_load_weights_only_and_hold_what_the_card_needs(tmp_path, da
     assert (tmp_path / "run" / "curve.png").stat().st_size > 1000
 
 
+def test_the_learning_rate_warms_up_linearly_then_halves_at_the_milestones():
+    from mdrn_edge.train.trainer import TrainConfig
+
+    cfg = TrainConfig(lr=1e-4, iterations=100, warmup=9)
+    assert [cfg.lr_at(i) for i in (0, 4, 9, 49, 50, 75)] == pytest.approx([1e-5, 5e-5, 1e-4, 1e-4, 5e-5, 2.5e-5])
+    assert TrainConfig(lr=1e-4, iterations=100).lr_at(0) == 1e-4  # no warm-up unless asked
+
+
 def test_a_pickled_checkpoint_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -35,6 +35,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--batch-size", type=int, help="Global batch size, split over DDP processes  [default: 16].")
 @click.option("--patch", type=int, help="HR patch size  [default: 192].")
 @click.option("--lr", type=float, help="Initial learning rate, halved at 50%% and 75%% of the run  [default: 5e-4].")
+@click.option("--warmup", type=click.IntRange(0), help="Iterations of linear learning-rate warm-up (for fine-tunes)  [default: 0].")
 @click.option("--val-every", type=int, help="Validate every N iterations  [default: 500].")
 @click.option("--save-every", type=int, help="Write last.pt every N iterations  [default: 100].")
 @click.option("--val-max-slices", type=int, help="Validate on the first N dev slices only.")
@@ -56,7 +57,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @json_option
 @user_errors
-def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, val_every, save_every, val_max_slices,
+def command(data, val, scale, arch, config_file, iterations, batch_size, patch, lr, warmup, val_every, save_every, val_max_slices,
             normalizer, protocol, degradation, apodization, lr_noise, lr_noise_share, ema, seed, data_licence, init_from, output, resume, stop_after, device, threads, progress, as_json):
     """Train a super-resolution model on MRI slices with L1 loss and Adam (the paper's recipe).
 
@@ -93,7 +94,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
     chosen = {"fixed": Normalizer.paper(), "minmax": Normalizer.minmax(), "percentile": Normalizer()}.get(normalizer)
     overrides = {
         "scale": int(scale) if scale else None, "arch": arch, "iterations": iterations, "batch_size": batch_size,
-        "patch": patch, "lr": lr, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
+        "patch": patch, "lr": lr, "warmup": warmup, "val_every": val_every, "save_every": save_every, "val_max_slices": val_max_slices,
         "seed": seed, "data_licence": data_licence, "protocol": protocol, "degradation": degradation,
         "apodization": apodization, "lr_noise": lr_noise, "lr_noise_share": lr_noise_share,
         "ema": ema, "normalizer": chosen.to_dict() if chosen else None,

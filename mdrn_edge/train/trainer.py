@@ -46,6 +46,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the run at which the learning rate is multiplied
     gamma: float = 0.5
+    warmup: int = 0  # iterations of linear learning-rate warm-up (BasicSR's warmup_iter)
     val_every: int = 500
     save_every: int = 100
     log_every: int = 10
@@ -67,8 +68,11 @@ class TrainConfig:
             self.normalizer = Normalizer.minmax().to_dict()
 
     def lr_at(self, iteration: int) -> float:
+        """Step-halved, after a linear warm-up: a fine-tune's fresh Adam moments would otherwise move every weight
+        by the full learning rate in its first steps, throwing a converged model off (at x4 the average of the first
+        300 such steps scored 0.5 dB below the model they started from)."""
         passed = sum(iteration >= int(m * self.iterations) for m in self.milestones)
-        return self.lr * self.gamma**passed
+        return self.lr * self.gamma**passed * min(1.0, (iteration + 1) / (self.warmup + 1))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
