@@ -1,8 +1,8 @@
 """Tiled inference for large slices, NumPy only, streamed band by band.
 
 Why tiles: memory must be bounded by the tile, not the slice, and a tile's feature maps stay closer to the cache
-(a 512x512 slice's 56-channel feature map is 58 MB, a default tile's 4 MB: on 2 CPU cores default tiles ran 1.10x
-faster per call than whole 512x512 slices at x4 and 1.26x on 384x274 slices in the committed benchmark,
+(a 512x512 slice's 56-channel feature map is 58 MB, a default tile's 4 MB: on 2 CPU cores default tiles ran 1.27x
+faster per call than whole 512x512 slices at x4 and 1.24x on 384x274 slices in the committed benchmark,
 `benchmarks/results/cpu-2core-epyc/summary.md`). Tiles of one band (a row of tiles)
 are blended with linear ramps exactly as wide as their overlap, normalised so the weights sum to one everywhere and
 no normalisation image is needed; once a band is done, the output rows above the next band are final and leave as
