@@ -163,7 +163,8 @@ class Trainer:
             log.info("initialised %d tensors from %s", n, init_from)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         # With --ema the average of the weights is what is validated, kept as best.pt and shipped: at a constant
-        # learning rate the iterates wander around a minimum by a few hundredths of a dB, their average sits nearer.
+        # learning rate the iterates wander around a minimum by a few hundredths of a dB; their average is meant to
+        # sit nearer it (BasicSR's ema_decay). It starts from the first step's weights, so a fine-tune needs --warmup.
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
         self.iteration, self.best, self.elapsed = 0, {"psnr": float("-inf")}, 0.0
         self.provenance = {
