@@ -276,8 +276,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
                     if "skipped" in measured:
                         results.append({**row, **measured})
                         continue
-                    out_file = work / f"out-{name}.npy"
-                    out = np.load(out_file)[:, 0]
+                    out = np.load(specs[name]["output"])[:, 0]
                     if name == REFERENCE:
                         ref = out
                     scores = [score(o, h, info.scale) for o, h in zip(out, hr)]
