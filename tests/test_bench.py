@@ -62,9 +62,14 @@ def test_table3_and_machine_capability(report):
     assert data["ratios"]["onnxruntime_cpu_speedup"] and data["ratios"]["first_result_speedup"]
 
 
-def test_unknown_backend_is_one_line(tmp_path):
-    res = CliRunner().invoke(bench_cli, ["--output", str(tmp_path), "--backends", "cuda-magic"])
-    assert res.exit_code != 0 and "valid: torch-fp32-cpu" in res.output
+@pytest.mark.parametrize("args,expected", [
+    (["--backends", "cuda-magic"], "valid: torch-fp32-cpu"),
+    (["--rounds", "0"], "'--rounds'"),
+])
+def test_bad_bench_options_are_one_line(tmp_path, args, expected):
+    res = CliRunner().invoke(bench_cli, ["--output", str(tmp_path / "out"), *args])
+    assert res.exit_code != 0 and expected in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_end_to_end_series_rows_against_plain_calls(tmp_path):

@@ -97,6 +97,7 @@ def test_a_pickled_checkpoint_is_refused(tmp_path):
     (["--patch", "30"], "not a multiple of scale"),
     (["--patch", "128"], "smaller than the HR patch"),
     (["--ema", "1"], "'--ema'"),
+    (["--warmup", "-1"], "'--warmup'"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, data, args, expected):
     train_dir, val = data
