@@ -8,7 +8,8 @@ its traceback. Every exit code is here, in one place:
  2    an input file, folder or argument         :class:`InputError`
  3    a checkpoint, ONNX file or engine          :class:`ModelFileError`
  4    an optional dependency is missing          :class:`MissingDependencyError`
- 5    the operating system refused a path        (permission, read-only or full disk; ``cli.common``)
+ 5    the operating system refused a path        (permission, read-only or full disk; ``cli.common``,
+                                                :class:`PathRefused`)
  6    an exported file failed its check          :class:`ExportCheckError`
  7    TensorRT could not build an engine         :class:`EngineBuildError`
  8    the PACS refused or could not be reached   :class:`PacsError`
@@ -83,3 +84,10 @@ class PacsError(MdrnError):
     """The PACS could not be reached or refused the series; the local output is kept."""
 
     exit_code = 8
+
+
+class PathRefused(MdrnError):
+    """A folder mdrn-edge must write (a cache) cannot be written: the same exit as the OS errors ``cli.common``
+    turns into one line."""
+
+    exit_code = OS_ERROR_EXIT

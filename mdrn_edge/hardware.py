@@ -22,6 +22,22 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+# CPU flags (Linux /proc/cpuinfo names) that decide which kernels a CPU runtime can use; recorded in every
+# benchmark report, and read by the backend choice instead of assuming a CPU
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`CPU_FEATURES` this CPU has (Linux; empty where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))))
+    except (OSError, StopIteration):
+        return []
+    return [name for name in CPU_FEATURES if name in flags]
+
+
 def device_name(device: "torch.device") -> str:
     """A torch device in words: the GPU's name, or the CPU's with the threads torch uses on it."""
     import torch

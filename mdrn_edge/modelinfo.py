@@ -27,7 +27,9 @@ class ModelInfo:
     ``normalizer`` is applied and inverted by every consumer (export checks, mdrn-infer, mdrn eval);
     ``protocol`` and ``degradation`` say how its training LR was made. ``receptive_field`` (LR pixels),
     ``bytes_per_lr_pixel`` and ``fp32_layers`` (a regex of FP16-unsafe node names) are the architecture's own
-    facts, declared by its model file and carried here for the torch-free runtime.
+    facts, declared by its model file and carried here for the torch-free runtime. ``gates`` holds the
+    reduced precisions a runtime may run this file in, each with the figures of the gate it passed on real MRI:
+    a precision that is not there is refused unless asked for explicitly.
     """
 
     arch: str
@@ -41,6 +43,7 @@ class ModelInfo:
     fp32_layers: str | None = None
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    gates: dict[str, Any] = field(default_factory=dict)  # reduced precisions this file passed (see runtime.config)
     checkpoint_sha256: str = ""
     mdrn_edge_version: str = ""
     input_name: str = INPUT_NAME
@@ -61,7 +64,7 @@ class ModelInfo:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("degradation", "config", "provenance"):
+        for name in ("degradation", "config", "provenance", "gates"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}")
 
@@ -70,7 +73,11 @@ class ModelInfo:
         return f"{self.arch}-x{self.scale}"
 
     def with_precision(self, precision: str) -> "ModelInfo":
-        return replace(self, precision=precision)
+        return replace(self, precision=precision, gates={})
+
+    def with_gate(self, name: str, figures: dict[str, Any]) -> "ModelInfo":
+        """This info with one more passed reduced-precision gate (``openvino-bf16``: the figures it passed with)."""
+        return replace(self, gates={**self.gates, name: figures})
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -13,7 +13,7 @@ from mdrn_edge.data.degradation import crop_to_multiple, degrade
 from mdrn_edge.metrics import psnr
 from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError
-from mdrn_edge.runtime import create_runner, resolve_model_file
+from mdrn_edge.runtime import RuntimeConfig, create_runner, resolve_model_file
 from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner
 from mdrn_edge.runtime.pipeline import super_resolve_volume
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, axis_weights, plan_axis, run_tiled, tiled_rows
@@ -132,16 +132,16 @@ def test_tensorrt_backend_refuses_onnx_files_and_vice_versa(tmp_path):
 
     onnx_file = resolve_model_file("mdrn-x4", None)
     with pytest.raises(InputError, match="runs engines"):
-        create_runner(onnx_file, backend="tensorrt")
+        create_runner(onnx_file, RuntimeConfig("tensorrt"))
     with pytest.raises(InputError, match="runs on --backend tensorrt"):
-        create_runner(tmp_path / "m.engine", backend="onnxruntime")
+        create_runner(tmp_path / "m.engine", RuntimeConfig("onnxruntime"))
 
 
 def test_runner_refuses_nan_output_and_bad_batches():
     from mdrn_edge.errors import InputError
     from mdrn_edge.runtime.base import InferenceError
 
-    with create_runner(resolve_model_file("mdrn-x4", None), device="cpu") as runner:
+    with create_runner(resolve_model_file("mdrn-x4", None), RuntimeConfig(device="cpu")) as runner:
         with pytest.raises(InputError, match="N x 1 x H x W"):
             runner.infer(np.zeros((1, 3, 8, 8), np.float32))
         with pytest.raises(InferenceError, match="NaN/Inf"):

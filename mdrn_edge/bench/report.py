@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mdrn_edge.bench.runner import BACKENDS, MAX_GATED_DROP_DB, NOT_A_SPEED_PATH
 from mdrn_edge.fileio import atomic_path, write_json
 
 
@@ -43,6 +44,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {m.get('cpu_model', m['cpu'])}, {m['cpu_cores']} cores, {m.get('memory_gb', '?')} GB"
         + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU") + f"; {m['platform']}." + busy_note(m),
+        "CPU features: " + (", ".join(m.get("cpu_features") or []) or "not read") + ".",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"Data: {', '.join(report['data'])}. Accuracy on [0, 1] with {report['settings']['border_shaved']} pixels shaved.",
         f"Each backend: the fastest of {report['settings'].get('rounds', 1)} runs (fresh processes, the backends taking "
@@ -94,6 +96,15 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|---|---|"]
         for key, speed in ratios["onnxruntime_cpu_speedup"].items():
             lines.append(f"| {key} | {speed:.2f}x faster | {ratios['first_result_speedup'][key]:.2f}x sooner |")
+    if ratios.get("cpu_speedup_vs_onnxruntime_fp32"):
+        lines += ["", "## CPU backends against ONNX Runtime FP32", "",
+                  "| LR size / batch | backend | p50 speed-up | PSNR loss dB | |", "|---|---|---|---|---|"]
+        for key, rows in ratios["cpu_speedup_vs_onnxruntime_fp32"].items():
+            for name, speed in sorted(rows.items(), key=lambda kv: -kv[1]):
+                note = ("**fastest gated**" if ratios["fastest_gated_cpu_backend"].get(key) == name else
+                        "not a speed path" if BACKENDS.get(name, {}).get("speed_path") is False else "")
+                lines.append(f"| {key} | {name} | {speed:.2f}x | {ratios['cpu_psnr_drop_vs_onnxruntime_fp32_db'][key][name]:+.3f} | {note} |")
+        lines += ["", f"Gated: within {MAX_GATED_DROP_DB} dB PSNR of ONNX Runtime FP32. {NOT_A_SPEED_PATH}."]
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from mdrn_edge.data.degradation import degrade, imresize
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.evaluate import score
 from mdrn_edge.fileio import project_path
-from mdrn_edge.hardware import cpu_busy, cpu_model
+from mdrn_edge.hardware import cpu_busy, cpu_features, cpu_model
 from mdrn_edge.metrics import psnr
 
 # name -> how to run it; the CLI, the availability checks and the report all read this one table
@@ -32,7 +32,10 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "torch-fp16-cuda-channels-last": {"backend": "torch", "precision": "fp16", "device": "cuda", "channels_last": True},
     "onnxruntime-fp32-cpu": {"backend": "onnxruntime", "precision": "fp32", "device": "cpu"},
     "onnxruntime-fp16-cpu": {"backend": "onnxruntime", "precision": "fp16", "device": "cpu"},
-    "onnxruntime-int8-cpu": {"backend": "onnxruntime", "precision": "int8", "device": "cpu"},
+    "onnxruntime-int8-cpu": {"backend": "onnxruntime", "precision": "int8", "device": "cpu", "speed_path": False},
+    "openvino-fp32-cpu": {"backend": "openvino", "precision": "fp32", "device": "cpu"},
+    "openvino-bf16-cpu": {"backend": "openvino", "precision": "bf16", "device": "cpu"},
+    "openvino-int8-cpu": {"backend": "openvino", "precision": "int8", "device": "cpu"},
     "onnxruntime-fp32-cuda": {"backend": "onnxruntime", "precision": "fp32", "device": "cuda"},
     "onnxruntime-fp16-cuda": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda"},
     "onnxruntime-fp16-tensorrt-ep": {"backend": "onnxruntime", "precision": "fp16", "device": "cuda", "tensorrt_ep": True},
@@ -41,6 +44,13 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "tensorrt-int8": {"backend": "tensorrt", "precision": "int8", "device": "cuda"},
 }
 REFERENCE = "torch-fp32-cpu"
+CPU_BASELINE = "onnxruntime-fp32-cpu"  # what the CPU rows are set against (the runtime's FP32 before OpenVINO)
+# ONNX Runtime's INT8 on a CPU is a parity row, not a speed path: its INT8 convolutions sit between float layers,
+# and quantising, dequantising and NCHW/NHWC transposes took 47% of its time, the INT8 convolutions 10% (measured
+# with ONNX Runtime's profiler, mdrn-x4, 256 x 256 LR); OpenVINO fuses the same Q/DQ pairs into its INT8 kernels
+NOT_A_SPEED_PATH = ("ONNX Runtime's CPU INT8 is slower than its FP32 (Q/DQ and layout transposes around isolated "
+                    "INT8 convolutions); run INT8 on OpenVINO")
+MAX_GATED_DROP_DB = 0.05  # a reduced precision counts as gated in the report within this PSNR loss against FP32
 EXPECTED_PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # The paper's Table 3 (MRI-brain, x4, RTX 3090): peak memory MB and time ms
 PAPER_TABLE3 = {"mdrn": (325.21, 27.88), "edsr": (2192.74, 72.36), "rfdn": (813.06, 49.51)}
@@ -76,6 +86,15 @@ def unavailable(name: str) -> str | None:
         wanted = "TensorrtExecutionProvider" if spec.get("tensorrt_ep") else EXPECTED_PROVIDER[spec["device"]]
         if wanted not in ort.get_available_providers():
             return f"this onnxruntime has no {wanted} (pip install onnxruntime-gpu on a CUDA machine)"
+    if spec["backend"] == "openvino":
+        from mdrn_edge.runtime.openvino import device_precisions, import_openvino, openvino_unavailable_reason
+
+        reason = openvino_unavailable_reason()
+        if reason:
+            return reason
+        native = device_precisions(import_openvino().Core())
+        if spec["precision"] == "bf16" and "BF16" not in native:
+            return f"this CPU has no native BF16 (OpenVINO reports {', '.join(sorted(native))})"
     if spec["backend"] == "tensorrt":
         from mdrn_edge.engines.tensorrt import import_builder
         from mdrn_edge.errors import MdrnError
@@ -101,7 +120,8 @@ def machine() -> dict[str, Any]:
     import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model()}
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model(),
+            "cpu_features": cpu_features()}
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (OSError, ValueError):
@@ -117,7 +137,7 @@ def versions() -> dict[str, str]:
 
     out = {"mdrn_edge": mdrn_edge.__version__, "torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__,
            "numpy": np.__version__}
-    for module in ("onnx", "tensorrt"):
+    for module in ("onnx", "openvino", "tensorrt"):
         try:
             out[module] = __import__(module).__version__
         except ImportError:
@@ -203,7 +223,7 @@ def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path:
         return files["torch"]
     if spec["backend"] == "tensorrt":
         return files[f"engine-{spec['precision']}"]
-    return files[f"onnx-{spec['precision']}"]
+    return files["onnx-fp32" if spec["precision"] == "bf16" else f"onnx-{spec['precision']}"]  # BF16 runs the FP32 file
 
 
 def flops_per_lr_pixel(arch: str, scale: int, config: dict[str, Any] | None = None) -> float:
@@ -261,14 +281,15 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
                 np.save(work / "lr.npy", lr)
                 ref = None
                 order = sorted(names, key=lambda n: n != REFERENCE)  # the reference first
-                specs = {n: {**BACKENDS[n], "model_file": str(model_file(files, BACKENDS[n])), "input": str(work / "lr.npy"),
+                specs = {n: {**{k: v for k, v in BACKENDS[n].items() if k != "speed_path"}, "model_file": str(model_file(files, BACKENDS[n])), "input": str(work / "lr.npy"),
                              "output": str(work / f"out-{n}.npy"), "min_time": cfg.min_time}
                          for n in order if not reasons[n]}
                 best = measure_rounds(specs, cfg.rounds, lambda n: progress(f"{n} {size}x{size} batch {batch}"))
                 for name in order:
                     spec = BACKENDS[name]
                     row = {"name": name, "backend": spec["backend"], "precision": spec["precision"],
-                           "device": spec["device"], "lr_size": size, "batch": batch}
+                           "device": spec["device"], "lr_size": size, "batch": batch,
+                           **({"speed_path": False, "note": NOT_A_SPEED_PATH} if spec.get("speed_path") is False else {})}
                     measured = {"skipped": reasons[name]} if reasons[name] else best[name]
                     expected = EXPECTED_PROVIDER.get(spec["device"]) if spec["backend"] == "onnxruntime" else None
                     if expected and not spec.get("tensorrt_ep") and measured.get("provider") not in (None, expected):
@@ -355,7 +376,7 @@ def series_ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The targets of benchmarks/: ONNX Runtime CPU vs PyTorch eager CPU speed, and time to first result."""
     by = {(r["name"], r["lr_size"], r["batch"]): r for r in results if "skipped" not in r}
-    out: dict[str, Any] = {"onnxruntime_cpu_speedup": {}, "first_result_speedup": {}}
+    out: dict[str, Any] = {"onnxruntime_cpu_speedup": {}, "first_result_speedup": {}, **cpu_ratios(by)}
     for (name, size, batch), r in by.items():
         if name != "onnxruntime-fp32-cpu" or (REFERENCE, size, batch) not in by:
             continue
@@ -364,3 +385,23 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["onnxruntime_cpu_speedup"][key] = t["latency_ms"]["p50"] / r["latency_ms"]["p50"]
         out["first_result_speedup"][key] = t["first_result_s"] / r["first_result_s"]
     return out
+
+
+def cpu_ratios(by: dict[tuple[str, int, int], dict[str, Any]]) -> dict[str, Any]:
+    """Every CPU row against ONNX Runtime FP32 (p50 speed-up, PSNR loss), and per input the fastest row that is
+    gated (within :data:`MAX_GATED_DROP_DB` of FP32) and offered as a speed path: what the report names fastest."""
+    speedup: dict[str, dict[str, float]] = {}
+    drop: dict[str, dict[str, float]] = {}
+    fastest: dict[str, str] = {}
+    for (name, size, batch), r in by.items():
+        base = by.get((CPU_BASELINE, size, batch))
+        if r["device"] != "cpu" or base is None:
+            continue
+        key = f"{size}x{size}/b{batch}"
+        speedup.setdefault(key, {})[name] = base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+        drop.setdefault(key, {})[name] = base["psnr"] - r["psnr"]
+    for key, rows in speedup.items():
+        gated = [n for n in rows if drop[key][n] <= MAX_GATED_DROP_DB and BACKENDS[n].get("speed_path", True)]
+        fastest[key] = max(gated, key=rows.get)
+    return {"cpu_speedup_vs_onnxruntime_fp32": speedup, "cpu_psnr_drop_vs_onnxruntime_fp32_db": drop,
+            "fastest_gated_cpu_backend": fastest}

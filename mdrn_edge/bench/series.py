@@ -45,7 +45,7 @@ def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: C
     whose speed drifts by a quarter from one second to the next (measured here), per-slice minima of
     interleaved calls compare the ways at the machine's best for each, and no way is favoured by when it ran."""
     from mdrn_edge.data import read_volume
-    from mdrn_edge.runtime import create_runner, resolve_model_file
+    from mdrn_edge.runtime import RuntimeConfig, create_runner, resolve_model_file
     from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled
 
     rows = []
@@ -55,7 +55,7 @@ def series_rows(series: Sequence[str], scales: Sequence[int], flops_per_pixel: C
         for scale in scales:
             model_file = resolve_model_file(None, scale)
             runs: dict[str, dict[str, Any]] = {}
-            with create_runner(model_file, "onnxruntime", "cpu") as runner:
+            with create_runner(model_file, RuntimeConfig("onnxruntime", "cpu")) as runner:
                 x = runner.info.normalizer.fit(volume.data).normalize(volume.data)
                 plain = {"whole": lambda s: runner.infer(s[None, None]),
                          "tiled": lambda s: run_tiled(runner.infer, s, scale, DEFAULT_TILE, DEFAULT_OVERLAP)}

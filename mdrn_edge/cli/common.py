@@ -105,3 +105,38 @@ def version_option(func: Callable[..., Any]) -> Callable[..., Any]:
     import mdrn_edge
 
     return click.version_option(mdrn_edge.__version__, "--version", prog_name="mdrn-edge")(func)
+
+
+def runtime_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a :class:`~mdrn_edge.runtime.config.RuntimeConfig`, shared by mdrn-infer and mdrn-node;
+    the command receives them as keywords and builds the config with :func:`runtime_config`."""
+    from mdrn_edge.runtime.config import BACKENDS, DEVICES, PRECISIONS
+
+    options = [
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto",
+                     help="auto: TensorRT for engines; for ONNX files ONNX Runtime on a CUDA GPU, OpenVINO on a CPU "
+                          "where installed (measured fastest), else ONNX Runtime."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
+                     help="auto: the fastest precision the model file passed a gate for on this CPU (BF16 on CPUs with "
+                          "native BF16, INT8 for INT8 files), else its own; an explicit one is refused where it cannot "
+                          "run or was never gated."),
+        click.option("--allow-ungated", is_flag=True,
+                     help="Run a reduced --precision that the model file records no passed gate for (unmeasured)."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto",
+                     help="auto: CUDA, then CPU (ONNX Runtime); gpu/npu: OpenVINO's Intel GPU or NPU."),
+        click.option("--trt-ep", "tensorrt_ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first."),
+        click.option("--allow-host-code", is_flag=True, help="Run a version-compatible engine whose plan embeds TensorRT's lean runtime (host code from the file): only engines you trust."),
+        click.option("--lean-runtime", type=click.Path(dir_okay=False, exists=True), help="The building TensorRT's libnvinfer_lean library, for a --exclude-lean-runtime engine run by a later TensorRT."),
+        click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime or OpenVINO  [default: the runtime's choice]."),
+        click.option("--cache-dir", metavar="DIR|off", help="Where OpenVINO's compiled models are cached  [default: ~/.cache/mdrn-edge/openvino]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def runtime_config(options: dict[str, Any]):
+    """The :class:`~mdrn_edge.runtime.config.RuntimeConfig` of :func:`runtime_options`' values."""
+    from mdrn_edge.runtime.config import RuntimeConfig
+
+    return RuntimeConfig(**options)

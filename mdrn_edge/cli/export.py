@@ -24,6 +24,7 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the ONNX files and engine.")
 @click.option("--fp16/--no-fp16", default=False, help="Also write an FP16 ONNX (FP32 I/O, CCA statistics in FP32) and build an FP16 engine.")
 @click.option("--int8", is_flag=True, help="Also write an INT8 Q/DQ ONNX calibrated on --calibration (CCA and the most INT8-sensitive layers in float) and build the engine in INT8; gated like FP16.")
+@click.option("--openvino", is_flag=True, help="Gate OpenVINO's BF16 (on CPUs with native BF16) and, with --int8, its INT8 kernels on the check slices, and record each passed gate in the ONNX file, so mdrn-infer may run it.")
 @click.option("--calibration", multiple=True, help="Real MRI series (DICOM folder or NIfTI) for --int8; its last sixth is held apart to gate the INT8 model.")
 @click.option("--engine/--no-engine", default=None, help="Build a TensorRT engine  [default: wherever TensorRT and a GPU are present].")
 @click.option("--opset", type=click.IntRange(13, 21), default=17, help="ONNX opset (13 or newer: the FP16 conversion and TensorRT 10 need it).")
@@ -42,7 +43,7 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace same-named files of an earlier mdrn-export in --output (never other files).")
 @json_option
 @user_errors
-def command(model, output, fp16, int8, calibration, engine, opset, min_shape, opt_shape, max_shape, workspace,
+def command(model, output, fp16, int8, openvino, calibration, engine, opset, min_shape, opt_shape, max_shape, workspace,
             timing_cache, version_compatible, exclude_lean_runtime, dla_core, opt_level, check_data, max_psnr_drop,
             max_int8_psnr_drop, overwrite, as_json):
     """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
@@ -54,7 +55,7 @@ def command(model, output, fp16, int8, calibration, engine, opset, min_shape, op
     from mdrn_edge.export import ExportConfig, export, summarize
 
     stop_on_signals()
-    cfg = ExportConfig(fp16=fp16, int8=int8, calibration=calibration, engine=engine, opset=opset,
+    cfg = ExportConfig(fp16=fp16, int8=int8, openvino=openvino, calibration=calibration, engine=engine, opset=opset,
                        profile=Profile.parse(min_shape, opt_shape, max_shape), workspace_mb=workspace,
                        timing_cache=Path(timing_cache) if timing_cache else None, version_compatible=version_compatible,
                        exclude_lean_runtime=exclude_lean_runtime, opt_level=opt_level, dla_core=dla_core,
@@ -73,11 +74,17 @@ def command(model, output, fp16, int8, calibration, engine, opset, min_shape, op
 def _table(artifacts) -> None:
     click.echo(f"{'file':<34} {'size MB':>8} {'precision':>9} {'max err':>9} {'PSNR drop':>10}  status")
     for a in artifacts:
-        err, drop = a.checks.get("max_abs_err"), a.checks.get("psnr_drop_db")
-        name = a.path.name if a.path else f"({a.format})"
-        size = f"{a.size_mb:.2f}" if a.size_mb else "-"
-        status = f"skipped: {a.skipped}" if a.skipped else "ok"
-        click.echo(f"{name:<34} {size:>8} {a.precision:>9} {f'{err:.2e}' if err is not None else '-':>9} "
+        if a.format == "openvino" and not a.skipped:  # one row per gated precision, in the file it was recorded in
+            for precision, gate in a.checks.items():
+                _row(f"(openvino {precision})", "-", precision, gate.get("max_abs_err"), gate.get("psnr_drop_db"),
+                     f"skipped: {gate['skipped']}" if "skipped" in gate else "gate recorded")
+            continue
+        _row(a.path.name if a.path else f"({a.format})", f"{a.size_mb:.2f}" if a.size_mb else "-", a.precision,
+             a.checks.get("max_abs_err"), a.checks.get("psnr_drop_db"), f"skipped: {a.skipped}" if a.skipped else "ok")
+
+
+def _row(name: str, size: str, precision: str, err: float | None, drop: float | None, status: str) -> None:
+    click.echo(f"{name:<34} {size:>8} {precision:>9} {f'{err:.2e}' if err is not None else '-':>9} "
                    f"{f'{drop:+.4f} dB' if drop is not None else '-':>10}  {status}")
 
 

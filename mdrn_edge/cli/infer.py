@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    MAX_THREADS, SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
+    SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, runtime_config, runtime_options, stop_on_signals,
+    user_errors, version_option,
 )
-from mdrn_edge.runtime import BACKENDS
 from mdrn_edge.runtime.pipeline import CLIP_MODES
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
 
@@ -38,17 +38,12 @@ class TileParam(click.ParamType):
 @click.option("--output", "-o", required=True, type=click.Path(), help="New folder (DICOM) or .nii/.nii.gz file (NIfTI) to write.")
 @click.option("--model", help="An .onnx or .engine file, or a shipped name (mdrn-x2, mdrn-x4, mdrn-x8)  [default: mdrn-x{scale}].")
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Pick the shipped model for this scale (the model file carries its scale)  [default: 4].")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", help="auto: TensorRT for engines, ONNX Runtime for ONNX files.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="ONNX Runtime device; auto tries CUDA, then CPU.")
-@click.option("--trt-ep", is_flag=True, help="Let ONNX Runtime try its TensorRT execution provider first.")
-@click.option("--allow-host-code", is_flag=True, help="Run a version-compatible engine whose plan embeds TensorRT's lean runtime (host code from the file): only engines you trust.")
-@click.option("--lean-runtime", type=click.Path(dir_okay=False, exists=True), help="The building TensorRT's libnvinfer_lean library, for a --exclude-lean-runtime engine run by a later TensorRT.")
+@runtime_options
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help=f"Infer in tiles of about TxT LR pixels: auto tiles slices larger than {DEFAULT_TILE} (tiles that stay in "
                    "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
 @click.option("--overlap", type=click.IntRange(0), help=f"Tile overlap in LR pixels  [default: {DEFAULT_OVERLAP}, measured seam-free on real MRI].")
 @click.option("--batch", type=click.IntRange(1, 256), help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime  [default: ONNX Runtime's choice].")
 @click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output data type.")
 @click.option("--clip", type=click.Choice(CLIP_MODES), default="series", show_default=True,
               help="series: values stay within the input series' own range (no negative MR magnitude from overshoot; "
@@ -59,8 +54,8 @@ class TileParam(click.ParamType):
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, backend, device, trt_ep, allow_host_code, lean_runtime, tile, overlap, batch, threads, nifti_dtype, clip, overwrite,
-            send_to, progress, as_json):
+def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, overwrite, send_to, progress, as_json,
+            **runtime):
     """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
 
     A folder with several series (a whole study) is handled series by series, each into its own folder under
@@ -70,18 +65,20 @@ def command(inputs, output, model, scale, backend, device, trt_ep, allow_host_co
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     stop_on_signals()
-    result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, backend=backend,
-                           device=device, tensorrt_ep=trt_ep, tile=tile, overlap=overlap, batch=batch, threads=threads,
+    result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None,
+                           runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
                            nifti_dtype=nifti_dtype, clip=clip, overwrite=overwrite, send_to=send_to,
-                           allow_host_code=allow_host_code, lean_runtime=lean_runtime, progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
+                           progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if as_json:
         emit_json(result.to_dict())
         return
     if result.skipped:
         click.echo(result.skipped, err=True)
     tried = result.providers_tried
-    click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend}"
-               + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else ""), err=True)
+    click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend} {result.precision}"
+               + (f" ({result.precision_reason})" if result.precision_reason else "")
+               + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else f" on {result.provider}"),
+               err=True)
     click.echo(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
                f"in {result.seconds} s"
                + (f"; stored {result.sent} in {send_to}" if send_to else ""))

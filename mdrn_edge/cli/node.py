@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mdrn_edge.cli.common import (
-    MAX_THREADS, SETTINGS, OneLineCommand, json_option, stop_on_signals, user_errors, version_option,
+    SETTINGS, OneLineCommand, json_option, runtime_config, runtime_options, stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.errors import InputError
 from mdrn_edge.fileio import strict_json
@@ -41,11 +41,11 @@ def _line(event: dict) -> str:
 @click.option("--once", is_flag=True, help="Handle what is pending, wait for the forwards (--forward-wait), and exit (tests, cron).")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds between polls of the changes feed.")
 @click.option("--forward-wait", type=click.FloatRange(0, 3600), default=60.0, help="With --once: seconds to wait for forward jobs.")
-@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for ONNX Runtime.")
+@runtime_options
 @json_option
 @user_errors
-def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, threads,
-            as_json):
+def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, as_json,
+            **runtime):
     """Follow an Orthanc's changes feed; super-resolve each stable MR series; upload the derived series to the same
     Orthanc and, with --forward, have Orthanc C-STORE it to the PACS.
 
@@ -60,6 +60,7 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     series, model, timings and outcome. SIGTERM stops cleanly: the series in hand is resumed at the next start.
     """
     from mdrn_edge.node import Node, NodeConfig, NodeState, Orthanc, Rules
+    from mdrn_edge.runtime import check_runtime
 
     stop_on_signals()
     rules = Rules.from_file(rules_file) if rules_file else Rules()
@@ -68,9 +69,11 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     if forward and forward not in orthanc.modalities():
         raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
                          "declare it in Orthanc's DicomModalities")
+    config = runtime_config(runtime)
+    check_runtime(model, int(scale), config)  # a model, backend or precision that cannot run: one line, now
     state = NodeState(state_dir)
     say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: click.echo(_line(event)))
-    node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, threads=threads), say)
+    node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, runtime=config), say)
     try:
         node.run(once=once, interval=interval, forward_wait=forward_wait)
         counts = state.counts()

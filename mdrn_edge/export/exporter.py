@@ -45,6 +45,7 @@ class ExportConfig:
     check_data: Sequence[str | Path] = ()
     max_psnr_drop: float = 0.05
     max_int8_psnr_drop: float = 0.1
+    openvino: bool = False  # gate OpenVINO's BF16 (and INT8) on the check slices and record the result in the files
     overwrite: bool = False  # replace same-named files an earlier mdrn-export wrote (never anyone else's)
 
     @property
@@ -68,7 +69,7 @@ class ExportConfig:
 
     def formats(self) -> list[str]:
         return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["onnx_int8"] if self.int8 else []),
-                *(["engine"] if self.engine is not False else [])]
+                *(["openvino"] if self.openvino else []), *(["engine"] if self.engine is not False else [])]
 
 
 @dataclass
@@ -81,6 +82,7 @@ class ExportJob:
     stage: Path
     cfg: ExportConfig
     pairs: list[EvalPairs]
+    held_apart: list[EvalPairs] = field(default_factory=list)  # INT8 calibration slices kept out of calibrating
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     runners: dict[str, Runner] = field(default_factory=dict)
 
@@ -180,11 +182,66 @@ def export_onnx_int8(job: ExportJob) -> Artifact:
     fp32 = job.artifacts["onnx"].path
     calibrate, held = calibration_split(job.cfg.calibration, job.info)
     art = quantize_int8(fp32, job.stage / f"{job.info.name}.int8.onnx", calibrate, job.stage)
+    job.held_apart = held
     pairs = [*held, *job.pairs]
     art.checks.update(gate(job.onnx_runner(fp32, cpu=True), job.onnx_runner(art.path, cpu=True), pairs, "INT8",
                            max_psnr_drop=job.cfg.max_int8_psnr_drop, limit_option="--max-int8-psnr-drop"))
     art.checks["held_apart_slices"] = int(sum(len(p.lr) for p in held))
     return art
+
+
+@_timed("openvino")
+def export_openvino(job: ExportJob) -> Artifact:
+    """OpenVINO's reduced precisions gated against ONNX Runtime FP32 on the check slices, and each passed gate
+    recorded in the file it applies to (``ModelInfo.gates``), so that the runtime may choose it: BF16 of the FP32
+    ONNX where this CPU computes BF16 natively, OpenVINO's INT8 kernels (float layers in BF16) of the INT8 ONNX.
+    OpenVINO reads the ONNX files themselves: its IR would save under 0.1 s of a start-up that the compiled-model
+    cache already shortens (measured, see the README)."""
+    from mdrn_edge.export.checks import gate
+    from mdrn_edge.runtime.openvino import OpenVINORunner, openvino_unavailable_reason
+
+    reason = openvino_unavailable_reason()
+    if reason:
+        return Artifact("openvino", None, "bf16", skipped=reason)
+    from mdrn_edge.runtime.config import RuntimeConfig, gate_name
+
+    fp32 = job.artifacts["onnx"].path
+    reference = job.onnx_runner(fp32, cpu=True)
+    targets = [("bf16", fp32, job.pairs, job.cfg.max_psnr_drop, "--max-psnr-drop")]
+    if "onnx_int8" in job.artifacts:
+        targets.append(("int8", job.artifacts["onnx_int8"].path, [*job.held_apart, *job.pairs],
+                        job.cfg.max_int8_psnr_drop, "--max-int8-psnr-drop"))
+    checks: dict[str, Any] = {}
+    for precision, path, pairs, limit, option in targets:
+        config = RuntimeConfig("openvino", "cpu", precision, allow_ungated=True, cache_dir="off")
+        candidate = job.runner(f"ov:{path}:{precision}", lambda: OpenVINORunner(path, config))
+        if (candidate.float_precision if precision == "int8" else candidate.precision) != "bf16":
+            checks[precision] = {"skipped": f"this CPU has no native BF16 ({candidate.reason})"}
+            continue
+        figures = gate(reference, candidate, pairs, f"OpenVINO {precision.upper()}", max_psnr_drop=limit,
+                       limit_option=option)
+        checks[precision] = record_gate(path, gate_name("openvino", precision), figures)
+    return Artifact("openvino", fp32, "bf16", checks)
+
+
+def record_gate(path: Path, name: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Write a passed gate into an ONNX file's model info (its other bytes unchanged); returns what was recorded."""
+    import onnx
+
+    from mdrn_edge.export.artifact import read_metadata, set_metadata
+    from mdrn_edge.fileio import atomic_path
+    from mdrn_edge.hardware import cpu_features, cpu_model
+    from mdrn_edge.runtime.openvino import openvino_version
+
+    record = {"passed": True, "psnr_drop_db": figures["psnr_drop_db"], "max_psnr_drop": figures["max_psnr_drop"],
+              "max_abs_err": figures["max_abs_err"], "n_slices": figures["n_slices"], "lr_sizes": figures["lr_sizes"],
+              "reference": "onnxruntime fp32 (CPU)", "openvino": openvino_version(), "cpu": cpu_model(),
+              "cpu_features": cpu_features()}
+    proto = onnx.load(str(path))
+    set_metadata(proto, read_metadata(proto, str(path)).with_gate(name, record))
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return record
 
 
 @_timed("engine")
@@ -221,6 +278,7 @@ FORMATS: dict[str, tuple[str, Callable[[ExportJob], Artifact]]] = {
     "onnx": ("FP32 ONNX, dynamic batch/H/W, checked against PyTorch", export_onnx_fp32),
     "onnx_fp16": ("FP16 ONNX, FP16-unsafe layers in FP32, PSNR-gated", export_onnx_fp16),
     "onnx_int8": ("INT8 Q/DQ ONNX calibrated on real MRI, PSNR-gated on held-apart slices", export_onnx_int8),
+    "openvino": ("OpenVINO BF16 (and INT8) gated on real MRI, recorded in the ONNX files", export_openvino),
     "engine": ("TensorRT engine + JSON sidecar, PSNR-gated", export_engine),
 }
 
@@ -338,6 +396,7 @@ def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
     """The flat JSON the CLI prints: the files, the headline checks, and every artifact in full."""
     by = {a.format: a for a in artifacts}
     onnx, fp16, int8, engine = by.get("onnx"), by.get("onnx_fp16"), by.get("onnx_int8"), by.get("engine")
+    openvino = by.get("openvino")
     return {
         "model": str(source),
         "onnx": str(onnx.path) if onnx else None,
@@ -347,6 +406,7 @@ def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
         "fp16_provider": fp16.checks.get("provider") if fp16 else None,
         "onnx_int8": str(int8.path) if int8 else None,
         "int8_psnr_drop_db": int8.checks.get("psnr_drop_db") if int8 else None,
+        "openvino_gates": (openvino.skipped or openvino.checks) if openvino else None,
         "engine": str(engine.path) if engine and engine.path else None,
         "engine_skipped_reason": engine.skipped if engine else "--no-engine",
         "artifacts": [a.to_dict() for a in artifacts],

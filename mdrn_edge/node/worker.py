@@ -20,6 +20,7 @@ from mdrn_edge.fileio import OUTPUT_MARKER
 from mdrn_edge.node.orthanc import Orthanc, OrthancError
 from mdrn_edge.node.rules import Rules
 from mdrn_edge.node.state import TODO, NodeState
+from mdrn_edge.runtime.config import RuntimeConfig
 
 FORWARD_ATTEMPTS = 10  # store jobs resubmitted at most this often, waiting 2, 4, 8 ... (at most 300) s between
 
@@ -31,7 +32,7 @@ class NodeConfig:
     forward: str | None = None  # an Orthanc modality name
     rules: Rules = Rules()
     tile: int | str | None = "auto"
-    threads: int | None = None
+    runtime: RuntimeConfig = RuntimeConfig()  # backend, precision, threads: as mdrn-infer takes them
 
 
 class Node:
@@ -118,9 +119,10 @@ class Node:
         timings["download_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         result = super_resolve([work / "in"], out, model=self.config.model, scale=self.config.scale,
-                               tile=self.config.tile, threads=self.config.threads)
+                               tile=self.config.tile, runtime=self.config.runtime)
         timings["infer_s"] = round(time.perf_counter() - t0, 2)
-        return timings, {"model": result.model, "scale": result.scale, "backend": result.backend}
+        return timings, {"model": result.model, "scale": result.scale, "backend": result.backend,
+                         "precision": result.precision}
 
     def _finish(self, series_id: str, state: str, record: dict[str, Any], reason: str | None = None,
                 state_set: bool = False) -> None:

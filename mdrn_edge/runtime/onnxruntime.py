@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mdrn_edge.errors import MissingDependencyError, ModelFileError, first_line, require
+from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, first_line, require
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
 from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner
 
@@ -74,9 +74,11 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, path: str | Path, device: str = "auto", providers: list[str] | None = None,
                  tensorrt_ep: bool = False, threads: int | None = None,
-                 provider_options: dict[str, dict[str, Any]] | None = None) -> None:
+                 provider_options: dict[str, dict[str, Any]] | None = None, precision: str = "auto") -> None:
         super().__init__(path)
-        self.device = device
+        if device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"--device {device} is an OpenVINO device; use --backend openvino, or --device cpu or cuda")
+        self.device, self.precision = device, precision
         self.providers = providers or provider_order(device, tensorrt_ep)
         self.threads, self.provider_options = threads, provider_options or {}
         self.session = None
@@ -98,6 +100,11 @@ class OnnxRuntimeRunner(Runner):
             Path(cache["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             self.provider_options = {**self.provider_options, PROVIDERS["tensorrt"]: cache}
         self.session, self.info = self._session(ort, opts, self.providers)
+        if self.precision not in ("auto", self.info.precision):
+            hint = ("--backend openvino runs an FP32 ONNX in BF16" if self.precision == "bf16" else
+                    f"give the {self.precision.upper()} ONNX that mdrn-export writes")
+            raise InputError(f"{self.path}: ONNX Runtime runs a file in its own precision ({self.info.precision}), not "
+                             f"--precision {self.precision}; {hint}")
         if self.device == "cuda" and self.provider not in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):
             raise MissingDependencyError(
                 f"{self.path}: --device cuda, but ONNX Runtime fell back to {self.provider} (CUDA or cuDNN could not be "

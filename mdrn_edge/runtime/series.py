@@ -20,6 +20,7 @@ import numpy as np
 
 from mdrn_edge.errors import InputError
 from mdrn_edge.hardware import peak_rss_mb
+from mdrn_edge.runtime.config import RuntimeConfig
 from mdrn_edge.runtime.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class InferResult:
     output: str
     n_slices: int
     backend: str
+    precision: str  # what the backend computed in (bf16 for an FP32 file on OpenVINO with AMX)
+    precision_reason: str  # why that precision (gated, no BF16 on this CPU, ...)
     provider: str | None
     providers_tried: list[str] | None
     model: str
@@ -86,15 +89,15 @@ def series_folder_name(index: int, volume) -> str:
 
 
 def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str | Path | None = None,
-                  scale: int | None = None, backend: str = "auto", device: str = "auto", tensorrt_ep: bool = False,
+                  scale: int | None = None, runtime: RuntimeConfig = RuntimeConfig(),
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
-                  threads: int | None = None, nifti_dtype: str = "keep", overwrite: bool = False,
-                  send_to: str | None = None, clip: str = "series", allow_host_code: bool = False,
-                  lean_runtime: str | Path | None = None, progress: Progress = _no_progress) -> InferResult:
+                  nifti_dtype: str = "keep", overwrite: bool = False, send_to: str | None = None,
+                  clip: str = "series", progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
-    ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4).
+    ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4);
+    ``runtime`` says which backend runs it, where and in which precision (default: the fastest gated one here).
     A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``) the
     result is also stored in a PACS by C-STORE. Values come back in the input's stored units; ``clip`` (see
     :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
@@ -125,7 +128,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     if dest and nifti:
         raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
     path = resolve_model_file(str(model) if model else None, scale)
-    runner = create_runner(path, backend, device, tensorrt_ep, threads, allow_host_code, lean_runtime)
+    runner = create_runner(path, runtime)
     skipped: Counter = Counter()
     volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped)
     series, n_slices = [], 0
@@ -135,7 +138,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
         for volume in volumes if not nifti else []:  # every series checked before any inference
             check_derivable(volume, runner.scale)
         desc = runner.describe()
-        log.info("model %s (%s), backend %s on %s", runner.info.name, path.name, runner.backend, desc.get("provider"))
+        log.info("model %s (%s), backend %s %s on %s", runner.info.name, path.name, runner.backend, desc["precision"],
+                 desc.get("provider"))
         with staged(out, directory=not nifti) as tmp:
             for i, volume in enumerate(volumes):
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
@@ -147,7 +151,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                         files = [out]
                     else:
                         folder.mkdir(exist_ok=True)
-                        writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name, runner.backend)
+                        writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name,
+                                                   f"{runner.backend} {desc['precision']}")
                         write_behind(super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
                                                           encode=writer.encode), writer.write)
                         files = writer.files
@@ -160,7 +165,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                 publish_dir(tmp, out, overwrite, {"tool": "mdrn-infer", "model": runner.info.name,
                                                   "inputs": inputs, "series": series})
     sent = send_output(out, dest) if dest else None
-    return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, provider=desc.get("provider"),
+    return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, precision=desc["precision"],
+                       precision_reason=desc.get("precision_reason", ""), provider=desc.get("provider"),
                        providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
                        scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
                        sent=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1))
