@@ -221,3 +221,15 @@ def test_mdrn_export_openvino_records_the_bf16_gate(tmp_path):
     assert gates["bf16"]["passed"] and gates["bf16"]["psnr_drop_db"] <= 0.05
     with create_runner(tmp_path / "out" / "mdrn-x8.onnx", RuntimeConfig(cache_dir="off")) as runner:
         assert runner.precision == "bf16" and runner.info.gates["openvino-bf16"]["cpu"]
+
+
+def test_a_corrupt_model_is_one_line_on_stderr_even_below_python(tmp_path):
+    """OpenVINO's generic reader tries every frontend and TensorFlow's prints parse errors from C++ on stderr:
+    the ONNX frontend alone is asked, so the process writes our one line and nothing else."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    res = subprocess.run([sys.executable, "-m", "mdrn_edge.cli.infer", str(mr_small()), "--output", str(tmp_path / "out"),
+                          "--model", str(bad), "--no-progress"], capture_output=True, text=True, timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 3 and len(lines) == 1 and "OpenVINO cannot read it" in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()

@@ -84,12 +84,25 @@ def cache_root(cache_dir: str | Path | None) -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdrn-edge" / "openvino"
 
 
-def file_precision(path: Path) -> str | None:
-    """The precision an mdrn-edge ONNX file declares, read by OpenVINO (None where it cannot say: the runner
-    that opens the file then says why in one line)."""
+def read_onnx(path: Path):
+    """The ONNX file as an OpenVINO model, through the ONNX frontend only: ``Core.read_model`` tries every
+    frontend on a file that is not ONNX, and TensorFlow's prints its parse errors on stderr, lines that are not
+    ours."""
+    ov = import_openvino()
     try:
-        model = import_openvino().Core().read_model(str(path))
-        return ModelInfo.from_json(model.get_rt_info(["framework", METADATA_KEY]).astype(str)).precision
+        frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
+        return frontend.convert(frontend.load(str(path)))
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        why = "it cannot be parsed as ONNX" if "parsed" in text else first_line(exc)
+        raise ModelFileError(f"{path}: OpenVINO cannot read it ({why}); is it an ONNX model?") from None
+
+
+def file_precision(path: Path) -> str | None:
+    """The precision an mdrn-edge ONNX file declares (None where it cannot say: the runner that opens the file
+    then says why in one line)."""
+    try:
+        return ModelInfo.from_json(read_onnx(path).get_rt_info(["framework", METADATA_KEY]).astype(str)).precision
     except Exception:
         return None
 
@@ -120,10 +133,7 @@ class OpenVINORunner(Runner):
         if self.device not in self._core.available_devices:
             raise InputError(f"--device {self.config.device}: OpenVINO {openvino_version()} sees no {self.device} here "
                              f"(it has {', '.join(self._core.available_devices) or 'none'})")
-        try:
-            self._model = self._core.read_model(str(self.path))
-        except Exception as exc:
-            raise ModelFileError(f"{self.path}: OpenVINO cannot read it ({first_line(exc)}); is it an ONNX model?") from None
+        self._model = read_onnx(self.path)
         self.info = self._read_info()
         self._choose_precision(device_precisions(self._core, self.device))
         self.cache = self._cache_folder()
