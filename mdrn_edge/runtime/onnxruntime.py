@@ -92,6 +92,11 @@ class OnnxRuntimeRunner(Runner):
         # input shapes vary (slices, tiles): a memory pattern is planned per shape and kept; without it peak
         # memory at a 256 x 256 LR input fell from 572 to 432 MB at the same speed (measured, CPU, x4)
         opts.enable_mem_pattern = False
+        # intra-op threads that spin while they wait fight whatever shares the cores (mdrn-infer's writer thread,
+        # a node's DICOM decoding and sending): on 2 cores beside one busy process, spinning made a 256 x 256 call
+        # 2.40x slower than on a quiet machine and not spinning 1.59x, at 6% cost when quiet
+        # (benchmarks/results/busy-cpu/busy_cpu.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.threads:
             opts.intra_op_num_threads = self.threads
         if PROVIDERS["tensorrt"] in self.providers and PROVIDERS["tensorrt"] not in self.provider_options:
