@@ -66,22 +66,24 @@ def real_series(tmp_path_factory):
     return make_series(src, 3)
 
 
-def test_openvino_fp32_matches_onnxruntime_within_one_stored_unit_without_torch(real_series, tmp_path):
+def test_openvino_fp32_matches_onnxruntime_within_one_stored_unit_and_auto_runs_without_torch(real_series, tmp_path):
     before = digest(all_files(real_series))
     outs = {}
-    for backend in ("onnxruntime", "openvino"):
+    for backend, precision in (("onnxruntime", "fp32"), ("openvino", "fp32"), ("auto", "auto")):
         out = tmp_path / backend
         code = BLOCK_TORCH + f"""
 from mdrn_edge.cli.infer import command
-command([{str(real_series)!r}, '--output', {str(out)!r}, '--backend', {backend!r}, '--precision', 'fp32',
+command([{str(real_series)!r}, '--output', {str(out)!r}, '--backend', {backend!r}, '--precision', {precision!r},
          '--cache-dir', {str(tmp_path / 'cache')!r}, '--json', '--no-progress'])
 """
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
         result = json.loads(res.stdout)
-        assert result["backend"] == backend and result["precision"] == "fp32", result
+        assert result["backend"] == ("openvino" if backend == "auto" else backend), result
+        assert precision == "auto" or result["precision"] == "fp32", result
         outs[backend] = pixels(out)
     assert np.abs(outs["openvino"] - outs["onnxruntime"]).max() <= 1
+    assert outs["auto"].shape == outs["onnxruntime"].shape
     assert digest(all_files(real_series)) == before
 
 
