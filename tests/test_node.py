@@ -201,6 +201,16 @@ def test_bad_rules_are_one_line(tmp_path, rules, expected):
     assert res.exit_code == 2 and len(lines) == 1 and expected in lines[0], res.output
 
 
+@pytest.mark.parametrize("args,expected", [(["--precision", "int8"], "INT8 Q/DQ model"),
+                                           (["--backend", "tensorrt"], "runs engines")])
+def test_a_runtime_that_cannot_run_is_one_line_before_orthanc_is_asked(tmp_path, args, expected):
+    res = CliRunner().invoke(node_cli, ["--orthanc", f"http://127.0.0.1:{free_port()}", "--state", str(tmp_path / "s"),
+                                        "--once", *args])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and expected in lines[0], res.output
+    assert not (tmp_path / "s").exists()
+
+
 def test_an_unreachable_orthanc_is_one_line(tmp_path):
     res = CliRunner().invoke(node_cli, ["--orthanc", f"http://127.0.0.1:{free_port()}", "--state", str(tmp_path / "s"),
                                         "--once"])

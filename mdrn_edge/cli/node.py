@@ -63,14 +63,14 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     from mdrn_edge.runtime import check_runtime
 
     stop_on_signals()
+    config = runtime_config(runtime)
+    check_runtime(model, int(scale), config)  # a model, backend or precision that cannot run: one line, first
     rules = Rules.from_file(rules_file) if rules_file else Rules()
     orthanc = Orthanc(url, user, password)
     orthanc.system()  # reachable and authorised, before anything else
     if forward and forward not in orthanc.modalities():
         raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
                          "declare it in Orthanc's DicomModalities")
-    config = runtime_config(runtime)
-    check_runtime(model, int(scale), config)  # a model, backend or precision that cannot run: one line, now
     state = NodeState(state_dir)
     say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: click.echo(_line(event)))
     node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, runtime=config), say)
