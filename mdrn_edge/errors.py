@@ -64,6 +64,12 @@ def require(module: str, extra: str):
         ) from None
 
 
+def printable(text: object) -> str:
+    """Text for one line of output: every control character (a newline in a file name or a SeriesDescription, an
+    escape sequence) written as its escape, so that untrusted text can never forge a second line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """A library's exception text cut to its first line, to embed in our one-line messages."""
     text = str(exc).strip().splitlines()

@@ -87,6 +87,14 @@ def _contains(parent: Path, child: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, with a symbolic-link loop as one line."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # Python 3.11 raises RuntimeError for a loop, 3.13 OSError
+        raise InputError(f"{path}: a symbolic-link loop; give the real file or folder") from None
+
+
 def check_output_path(out: str | Path, inputs: Sequence[str | Path], overwrite: bool,
                       is_ours: Callable[[Path], bool] | None = None) -> None:
     """Refuse, before any work, an output that would put an input at risk: one that is an input, lies above an
@@ -95,9 +103,9 @@ def check_output_path(out: str | Path, inputs: Sequence[str | Path], overwrite: 
     out = Path(out)
     if out.is_symlink():
         raise InputError(f"{out}: is a symbolic link; give a real path for --output (nothing is written through links)")
-    target = out.resolve()
+    target = _resolved(out)
     for item in map(Path, inputs):
-        source = item.resolve()
+        source = _resolved(item)
         if _contains(target, source):
             where = "is" if target == source else "contains"
             raise InputError(f"{out}: {where} the input {item}; writing there could delete it, choose another --output")

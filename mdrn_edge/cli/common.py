@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from mdrn_edge.errors import INTERRUPTED_EXIT, OS_ERROR_EXIT, MdrnError, first_line
+from mdrn_edge.errors import INTERRUPTED_EXIT, OS_ERROR_EXIT, MdrnError, first_line, printable
 from mdrn_edge.fileio import strict_json
 
 
@@ -19,6 +20,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_third_party()
         try:
             return func(*args, **kwargs)
         except MdrnError as exc:
@@ -34,9 +36,41 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# libraries that speak on their own (pydicom's "Invalid value for VR" warnings and decoder tracebacks, torch's
+# UserWarnings): their words never reach the user's terminal; ours say what matters in one line
+THIRD_PARTY_LOGGERS = ("py.warnings", "pydicom", "nibabel", "PIL", "onnxruntime", "openvino", "httpx", "pynetdicom")
+
+
+def quiet_third_party() -> None:
+    """Route Python warnings into logging and silence the loggers of :data:`THIRD_PARTY_LOGGERS`."""
+    logging.captureWarnings(True)
+    for name in THIRD_PARTY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [logging.NullHandler()], False
+
+
+class OneLineFormatter(logging.Formatter):
+    """Our log lines, with untrusted text in them (file names, DICOM strings) kept on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+def setup_logging(level: int = logging.WARNING) -> None:
+    """Our loggers' lines on stderr, one line each, message only."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def say(text: str, err: bool = False) -> None:
+    """A line of output that may hold untrusted text, kept on one line."""
+    click.echo(printable(text), err=err)
+
+
 def fail(message: str, code: int, as_json: bool | None = None) -> None:
     """One ``Error: ...`` line on stderr (and, with --json, ``{"error", "exit_code"}`` on stdout), then exit."""
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {printable(message)}", err=True)
     if as_json:
         emit_json({"error": message, "exit_code": code})
     sys.exit(code)
@@ -63,10 +97,8 @@ class _OneLineUsage:
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)  # type: ignore[misc]
-        except click.UsageError as exc:
-            exc.message = f"{exc.message} (see {ctx.command_path} --help)"
-            exc.ctx = None  # click then prints the message alone
-            raise
+        except click.UsageError as exc:  # click's own text may span lines (a missing choice lists one per line)
+            raise click.UsageError(f"{' '.join(exc.format_message().split())} (see {ctx.command_path} --help)") from None
 
 
 class OneLineCommand(_OneLineUsage, click.Command):
@@ -80,8 +112,7 @@ class OneLineGroup(_OneLineUsage, click.Group):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
-            exc.message, exc.ctx = f"{exc.message} (see {ctx.command_path} --help)", None
-            raise
+            raise click.UsageError(f"{' '.join(exc.format_message().split())} (see {ctx.command_path} --help)") from None
 
 
 def stop_on_signals() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, runtime_config, runtime_options, stop_on_signals,
-    user_errors, version_option,
+    SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, runtime_config, runtime_options, say, setup_logging,
+    stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.runtime.pipeline import CLIP_MODES
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
@@ -49,13 +48,14 @@ class TileParam(click.ParamType):
               help="series: values stay within the input series' own range (no negative MR magnitude from overshoot; "
                    "signed data keeps its negatives); none: the network's values, bounded only by what the output "
                    "format stores.")
+@click.option("--allow-missing", is_flag=True, help="Write a series even when some of its files cannot be read (empty, truncated, broken links); they are named. Without it such a series is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (only once the new result is complete).")
 @click.option("--send", "send_to", metavar="AET@HOST:PORT", help="Also store the result in a PACS with DICOM C-STORE.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, overwrite, send_to, progress, as_json,
-            **runtime):
+def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to, progress,
+            as_json, **runtime):
     """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
 
     A folder with several series (a whole study) is handled series by series, each into its own folder under
@@ -63,23 +63,23 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
     """
     from mdrn_edge.runtime import super_resolve
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    setup_logging()
     stop_on_signals()
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None,
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
-                           nifti_dtype=nifti_dtype, clip=clip, overwrite=overwrite, send_to=send_to,
+                           nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to,
                            progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if as_json:
         emit_json(result.to_dict())
         return
     if result.skipped:
-        click.echo(result.skipped, err=True)
+        say(result.skipped, err=True)
     tried = result.providers_tried
-    click.echo(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend} {result.precision}"
+    say(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend} {result.precision}"
                + (f" ({result.precision_reason})" if result.precision_reason else "")
                + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else f" on {result.provider}"),
                err=True)
-    click.echo(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
+    say(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
                f"in {result.seconds} s"
                + (f"; stored {result.sent} in {send_to}" if send_to else ""))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, json_option, runtime_config, runtime_options, stop_on_signals, user_errors, version_option,
+    SETTINGS, OneLineCommand, json_option, runtime_config, runtime_options, say, stop_on_signals, user_errors,
+    version_option,
 )
 from mdrn_edge.errors import InputError
 from mdrn_edge.fileio import strict_json
@@ -72,7 +73,7 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
         raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
                          "declare it in Orthanc's DicomModalities")
     state = NodeState(state_dir)
-    say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: click.echo(_line(event)))
+    say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: say(_line(event)))
     node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, runtime=config), say)
     try:
         node.run(once=once, interval=interval, forward_wait=forward_wait)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    MAX_THREADS, SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
+    MAX_THREADS, SETTINGS, OneLineCommand, setup_logging, emit_json, json_option, progress_bar, stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
@@ -106,7 +106,7 @@ def command(data, val, scale, arch, config_file, iterations, batch_size, patch, 
     if threads:
         torch.set_num_threads(threads)
     stop_on_signals()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(logging.INFO)
     trainer = Trainer(cfg, data, val, run_dir, device=device, init_from=init_from, resume=resume)
     with progress_bar(cfg.iterations, f"{cfg.arch} x{cfg.scale}", progress and trainer.rank == 0, trainer.iteration) as bar:
         def tick(_: int, stats: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,22 +20,36 @@ UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 log = logging.getLogger(__name__)
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Every entry below ``folder``. A sub-folder that cannot be listed (permission) is an OS error naming it,
+    never a silent hole in the series (``Path.rglob`` skips such folders without a word)."""
+    def refuse(exc: OSError) -> None:
+        raise exc
+
+    entries = []
+    for root, dirs, names in os.walk(folder, onerror=refuse):
+        entries += [Path(root) / name for name in (*dirs, *names)]
+    return entries
+
+
 def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = None) -> list[Path]:
     """Expand folders (recursively; hidden files, DICOMDIR indexes and mdrn-edge's own earlier outputs skipped,
-    the latter counted in ``skipped``) and keep files; a missing path is an error."""
+    the latter counted in ``skipped``) and keep files, and entries that cannot be read as files (a broken link):
+    the reader decides whether those are missing slices. A missing path is an error."""
     skipped = Counter() if skipped is None else skipped
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            entries = list(item.rglob("*"))
+            entries = _walk(item)
             marked = {p.parent for p in entries if p.name == OUTPUT_MARKER}  # earlier mdrn-edge outputs
-            found = [p for p in entries
-                     if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
+            found = [p for p in entries if not p.is_dir() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"]
             ours = [p for p in found if marked.intersection(p.parents)]
             skipped["mdrn-edge output"] += len(ours)
             files += sorted(set(found) - set(ours))
         elif item.is_file():
             files.append(item)
+        elif item.is_symlink():
+            raise InputError(f"{item}: a symbolic link that leads nowhere (or to itself); give the real file or folder")
         else:
             raise InputError(f"{item}: no such file or folder; check the path")
     if not files:
@@ -43,8 +58,16 @@ def list_dicom_files(inputs: Iterable[str | Path], skipped: Counter | None = Non
 
 
 class NotAnImage(InputError):
-    """A file that is not a DICOM image at all (no preamble, or no pixel data): skipped inside a folder. A damaged
-    image is not this: it stays an error, since skipping it would silently drop a slice."""
+    """A file that is not a DICOM image at all (a README, a report): skipped inside a folder."""
+
+
+class MissingSlice(InputError):
+    """A file that should be a slice and cannot be read: empty, truncated, a broken link, or named like DICOM but
+    not DICOM. Inside a folder it is refused (a series is a clinical unit) unless the caller allows missing slices,
+    and it is always named."""
+
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima", ".dc3"}  # a file named so that is not DICOM is a damaged slice
 
 
 def _read_header(path: Path):
@@ -52,14 +75,39 @@ def _read_header(path: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise MissingSlice(f"{path}: cannot be read ({exc.strerror or first_line(exc)})") from None
+    if size == 0:
+        raise MissingSlice(f"{path}: is empty (0 bytes)")
+    try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            raise MissingSlice(f"{path}: truncated or damaged ({size} bytes, no DICOM header)") from None
         raise NotAnImage(f"{path}: not a DICOM file (no DICM preamble); remove it or give DICOM files only") from None
     except Exception as exc:  # pydicom raises many kinds on damaged files
         raise InputError(f"{path}: unreadable DICOM ({first_line(exc)}); the file may be truncated") from None
     if "PixelData" not in ds:
         raise NotAnImage(f"{path}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')}); give image files only")
+    clean_header(ds, path)
     return ds
+
+
+# every numeric field the reader and the writer compute with, and its count of values: one rule for all of them
+NUMERIC_FIELDS = {"Rows": 1, "Columns": 1, "SamplesPerPixel": 1, "BitsAllocated": 1, "BitsStored": 1,
+                  "PixelRepresentation": 1, "NumberOfFrames": 1, "RescaleSlope": 1, "RescaleIntercept": 1,
+                  "PixelSpacing": 2, "ImagePositionPatient": 3, "ImageOrientationPatient": 6, "InstanceNumber": 1,
+                  "SeriesNumber": 1, "SliceThickness": 1, "SpacingBetweenSlices": 1, "SliceLocation": 1}
+
+
+def clean_header(ds, path: Path) -> None:
+    """The reader's rule for header values: a numeric field that is present but empty counts as absent (it is
+    removed, so nothing downstream meets an empty value); one that is not the numbers it must be is one line
+    naming the file, the field and the value (:func:`header_numbers`)."""
+    for keyword, count in NUMERIC_FIELDS.items():
+        if keyword in ds and header_numbers(ds, keyword, count, path) is None:
+            del ds[keyword]
 
 
 def header_numbers(ds, keyword: str, count: int, path: Path) -> list[float] | None:
@@ -95,7 +143,7 @@ def _pixels(ds, path: Path) -> np.ndarray:
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError(f"{path}: {ds.SamplesPerPixel}-sample (e.g. RGB) image; MDRN needs greyscale MR slices")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if int((header_numbers(ds, "NumberOfFrames", 1, path) or [1])[0]) > 1:
         raise InputError(f"{path}: multi-frame image ({ds.NumberOfFrames} frames); give single-frame slices")
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in (8, 16, 32):
@@ -169,20 +217,27 @@ def is_derived_by_us(ds) -> bool:
     return "mdrn-edge" in str(ds.get("DerivationDescription", ""))
 
 
-def group_series(files: list[Path], given: Iterable[Path] = (),
-                 skipped: Counter | None = None) -> dict[str, list[tuple[Path, object]]]:
+def group_series(files: list[Path], given: Iterable[Path] = (), skipped: Counter | None = None,
+                 allow_missing: bool = False) -> dict[str, list[tuple[Path, object]]]:
     """Read every header and group by SeriesInstanceUID (order of first appearance).
 
     Files found inside a folder that are not DICOM (a README, a LICENSE) are skipped and counted, as real
-    archives have them; a file given by name that is not DICOM is an error. Series mdrn-edge derived are
-    skipped (super-resolving a result again is never what was meant). Both are counted in ``skipped``. A
-    duplicated instance is refused."""
+    archives have them; a file given by name that is not DICOM is an error. A file that should be a slice and
+    cannot be read (:class:`MissingSlice`) is refused, naming it, unless ``allow_missing``: then it is left out
+    and named in ``skipped``. Series mdrn-edge derived are skipped (super-resolving a result again is never what
+    was meant). A duplicated instance is refused."""
     groups: dict[str, list[tuple[Path, object]]] = defaultdict(list)
     skipped = Counter() if skipped is None else skipped
-    given, seen = set(given), {}
+    given, seen, missing = set(given), {}, []
     for path in files:
         try:
             ds = _read_header(path)
+        except MissingSlice as exc:
+            if path in given or not allow_missing:
+                raise MissingSlice(f"{exc}; a series is never written short of a slice: restore the file, or pass "
+                                   "--allow-missing to write the series without it") from None
+            missing.append(path.name)
+            continue
         except NotAnImage:
             if path in given:
                 raise
@@ -196,6 +251,8 @@ def group_series(files: list[Path], given: Iterable[Path] = (),
             raise InputError(f"{path}: duplicates instance {uid} of {seen[uid]}; remove the copy and run again")
         seen[uid] = path
         groups[str(ds.get("SeriesInstanceUID", "unknown"))].append((path, ds))
+    if missing:
+        skipped[f"missing slices left out as asked: {', '.join(missing)}"] += len(missing)
     if not groups:
         raise InputError(f"{len(files)} file(s) found, none a DICOM image to super-resolve ({skipped_line(skipped)}); "
                          "give the original series")
@@ -246,11 +303,12 @@ def read_dicom_series(inputs: Iterable[str | Path]) -> Volume:
     return volume_from_datasets(next(iter(groups.values())))
 
 
-def read_dicom_study(inputs: Iterable[str | Path], skipped: Counter | None = None) -> list[Volume]:
+def read_dicom_study(inputs: Iterable[str | Path], skipped: Counter | None = None,
+                     allow_missing: bool = False) -> list[Volume]:
     """Every series found in the inputs, one Volume each (a whole study, handled series by series); what was left
-    out is counted in ``skipped``."""
+    out is counted in ``skipped`` (see :func:`group_series` for ``allow_missing``)."""
     inputs, skipped = list(inputs), Counter() if skipped is None else skipped
-    groups = group_series(list_dicom_files(inputs, skipped), _given_files(inputs), skipped)
+    groups = group_series(list_dicom_files(inputs, skipped), _given_files(inputs), skipped, allow_missing)
     return [volume_from_datasets(items) for items in groups.values()]
 
 

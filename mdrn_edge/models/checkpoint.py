@@ -4,6 +4,8 @@ and a checkpoint from the internet cannot run code; written atomically (temp fil
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: no such checkpoint; give a .pt written by mdrn-train or a shipped model name")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text is a page of advice: ours names what was refused
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelFileError(f"{path}: refused: it holds pickled code or objects{what} that a weights-only load never "
+                             "runs; give a checkpoint written by mdrn-train") from None
     except Exception as exc:
         raise ModelFileError(
             f"{path}: not a loadable weights-only checkpoint ({first_line(exc)})"

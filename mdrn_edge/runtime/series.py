@@ -92,7 +92,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                   scale: int | None = None, runtime: RuntimeConfig = RuntimeConfig(),
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
                   nifti_dtype: str = "keep", overwrite: bool = False, send_to: str | None = None,
-                  clip: str = "series", progress: Progress = _no_progress) -> InferResult:
+                  clip: str = "series", allow_missing: bool = False, progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
@@ -100,7 +100,9 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     ``runtime`` says which backend runs it, where and in which precision (default: the fastest gated one here).
     A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``) the
     result is also stored in a PACS by C-STORE. Values come back in the input's stored units; ``clip`` (see
-    :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
+    :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. A file that
+    should be a slice and cannot be read refuses the run, unless ``allow_missing``: then it is left out and named
+    in the result's ``skipped``. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
     errors, before writing anything where it can.
     """
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
@@ -130,7 +132,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     path = resolve_model_file(str(model) if model else None, scale)
     runner = create_runner(path, runtime)
     skipped: Counter = Counter()
-    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped)
+    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped, allow_missing)
     series, n_slices = [], 0
     with runner:
         if scale and int(scale) != runner.scale:

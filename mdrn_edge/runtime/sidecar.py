@@ -29,7 +29,7 @@ def read_sidecar(engine: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except ValueError as exc:
         raise ModelFileError(f"{path}: unreadable sidecar ({exc}); {REBUILD}") from None
-    if data.get("format") != SIDECAR_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ModelFileError(f"{path}: not an mdrn-edge engine sidecar; {REBUILD}")
     return data
 

@@ -38,11 +38,11 @@ def plan_axis(length: int, tile: int, overlap: int, largest: int | None = None) 
     if overlap >= tile:
         raise ValueError(f"overlap {overlap} must be smaller than the tile {tile}")
     largest = largest or length
-    if largest <= overlap:
-        raise ValueError(f"the largest span {largest} must exceed the overlap {overlap}")
     n = round((length - overlap) / (tile - overlap))
     if length <= min(tile, largest) or (n <= 1 and length <= largest):  # up to about 1.5 tiles: one span
-        return [(0, length)]
+        return [(0, length)]  # (an axis shorter than the overlap too: a 512 x 6 slice is tiled along one axis)
+    if largest <= overlap:
+        raise ValueError(f"the largest span {largest} must exceed the overlap {overlap}")
     n = max(n, 2)
     while math.ceil((length + (n - 1) * overlap) / n) > largest:
         n += 1

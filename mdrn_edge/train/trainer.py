@@ -102,9 +102,9 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def load_init_weights(model: nn.Module, path: str | Path) -> int:
-    """Fine-tune start: copy every tensor whose name and shape match (e.g. a x4 body into a x2 model)."""
-    state = load_checkpoint(path)["state_dict"]
+def load_init_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> int:
+    """Fine-tune start: copy every tensor of ``state`` (read from ``path``) whose name and shape match (e.g. a x4
+    body into a x2 model)."""
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -125,6 +125,8 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        # the start checkpoint is checked before anything is written: a refused one leaves no run folder behind
+        init_state = load_checkpoint(init_from)["state_dict"] if init_from and not resume else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         init_distributed(self.device)
         self.rank, self.world = _dist_info()
@@ -158,8 +160,8 @@ class Trainer:
         self.info = make_model_info(self.model, cfg.arch, self.normalizer, cfg.protocol, {
             "method": cfg.degradation, "apodization": cfg.apodization, "lr_noise": cfg.lr_noise,
             "lr_noise_share": cfg.lr_noise_share})
-        if init_from and not resume:
-            n = load_init_weights(self.model, init_from)
+        if init_state is not None:
+            n = load_init_weights(self.model, init_state, init_from)
             log.info("initialised %d tensors from %s", n, init_from)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
         # With --ema the average of the weights is what is validated, kept as best.pt and shipped: at a constant
