@@ -50,6 +50,7 @@ class OrthancServer:
     http_port: int
     modalities: dict
     proc: subprocess.Popen | None = None
+    config: dict | None = None  # more Orthanc settings (e.g. {"DicomAlwaysAllowEcho": False})
 
     @property
     def url(self) -> str:
@@ -64,7 +65,7 @@ class OrthancServer:
                   "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
                   "Plugins": [], "HttpServerEnabled": True, "StableAge": 1, "DicomModalities": self.modalities,
-                  "DicomScuTimeout": 5}
+                  "DicomScuTimeout": 5, **(self.config or {})}
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         self.proc = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=subprocess.DEVNULL,
@@ -88,7 +89,8 @@ class OrthancServer:
             return json.loads(r.read())
 
 
-def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> OrthancServer:
+def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict | None = None,
+                  config: dict | None = None) -> OrthancServer:
     if not Path(ORTHANC).exists():
         pytest.skip(f"{ORTHANC} (Debian orthanc) is not installed; .ci/run installs it")
-    return OrthancServer(folder, aet, free_port(), free_port(), modalities or {}).start()
+    return OrthancServer(folder, aet, free_port(), free_port(), modalities or {}, config=config).start()

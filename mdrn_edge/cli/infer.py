@@ -43,7 +43,7 @@ class TileParam(click.ParamType):
                    "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
 @click.option("--overlap", type=click.IntRange(0), help=f"Tile overlap in LR pixels  [default: {DEFAULT_OVERLAP}, measured seam-free on real MRI].")
 @click.option("--batch", type=click.IntRange(1, 256), help="Slices (or tiles) per call  [default: as many as fit, at most 8].")
-@click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output data type.")
+@click.option("--nifti-dtype", type=click.Choice(["keep", "float32"]), default="keep", help="NIfTI output storage: keep stores values as the input did (its type, scaling, qform/sform codes); float32 writes float32.")
 @click.option("--clip", type=click.Choice(CLIP_MODES), default="series", show_default=True,
               help="series: values stay within the input series' own range (no negative MR magnitude from overshoot; "
                    "signed data keeps its negatives); none: the network's values, bounded only by what the output "
@@ -69,11 +69,11 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
                            nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to,
                            progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
+    if result.skipped:  # on stderr with --json too: what was left out (a missing slice) is never silent
+        say(result.skipped, err=True)
     if as_json:
         emit_json(result.to_dict())
         return
-    if result.skipped:
-        say(result.skipped, err=True)
     tried = result.providers_tried
     say(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend} {result.precision}"
                + (f" ({result.precision_reason})" if result.precision_reason else "")

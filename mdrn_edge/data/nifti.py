@@ -80,5 +80,8 @@ def read_nifti(path: str | Path) -> Volume:
         kind="nifti",
         sources=[path],
         headers=[img.header.copy(), img.affine.copy()],
-        meta={"description": path.name.split(".")[0], "dtype": str(img.get_data_dtype())},
+        meta={"description": path.name.split(".")[0], "dtype": str(img.get_data_dtype()),
+              # nibabel moves scl_slope/scl_inter from the header into the data object on reading: kept here so
+              # that the output is stored as the input was
+              "scaling": [float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0))]},
     )

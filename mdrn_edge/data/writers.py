@@ -178,7 +178,11 @@ def is_our_nifti(path: Path) -> bool:
 
 
 def write_nifti(volume: Volume, sr: np.ndarray, scale: int, path: Path, dtype: str = "keep") -> Path:
-    """NIfTI with in-plane voxels divided by ``scale`` and the affine moved so the volume stays where it was."""
+    """NIfTI with in-plane voxels divided by ``scale`` and the affine moved so the volume stays where it was.
+
+    ``keep`` stores the values as the input stored them: its data type, its scl_slope/scl_inter (none when it had
+    none: integer input comes back as integers of the same type, rounded, within the type's range), and its qform
+    and sform codes (scanner stays scanner); ``float32`` writes float32 values."""
     import nibabel as nib
 
     header, affine = volume.headers
@@ -188,9 +192,18 @@ def write_nifti(volume: Volume, sr: np.ndarray, scale: int, path: Path, dtype: s
     data = np.moveaxis(sr, 0, 2)
     header = header.copy()
     header.set_data_shape(data.shape)
-    img = nib.Nifti1Image(data.astype(np.float32), new_affine, header=header)
-    img.set_qform(new_affine)
-    img.set_sform(new_affine)
+    stored = np.dtype(header.get_data_dtype())
+    slope, inter = volume.meta.get("scaling", (1.0, 0.0))
+    if dtype == "float32" or stored.kind == "f":
+        img = nib.Nifti1Image(data.astype(np.float32 if dtype == "float32" else stored), new_affine, header=header)
+    else:  # the input's own integers: undo its scaling, round, clip to its type
+        limits = np.iinfo(stored)
+        ints = np.clip(np.rint((data - inter) / slope), limits.min, limits.max).astype(stored)
+        img = nib.Nifti1Image(ints, new_affine, header=header)
+        if (slope, inter) != (1.0, 0.0):
+            img.header.set_slope_inter(slope, inter)
+    img.set_qform(new_affine, code=int(header["qform_code"]))
+    img.set_sform(new_affine, code=int(header["sform_code"]))
     zooms = list(header.get_zooms())
     img.header.set_zooms((zooms[0] / scale, zooms[1] / scale, *zooms[2:]))
     if dtype == "float32":

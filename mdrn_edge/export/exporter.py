@@ -7,6 +7,7 @@ into place only when every requested format has passed, so a failed gate leaves 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -310,10 +311,12 @@ def load_source(model: str | Path) -> tuple[Path, ModelInfo, Any]:
     return path, info, net
 
 
-def _stage_dir(output: Path) -> Path:
+def _stage_dir(output: Path) -> tuple[Path, list[Path]]:
+    """A stage folder inside ``output``, and the folders made for it (removed again if the export fails)."""
+    made = [p for p in (output, *output.parents) if not p.exists()]
     try:
         output.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".mdrn-export-", dir=output))
+        return Path(tempfile.mkdtemp(prefix=".mdrn-export-", dir=output)), made
     except OSError as exc:
         raise InputError(f"{output}: cannot write the output folder ({exc.strerror}); choose a writable --output") from None
 
@@ -373,8 +376,8 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
     output = Path(output_dir)
     check_targets(output, [f"{info.name}.onnx", *([f"{info.name}.fp16.onnx"] if cfg.fp16 else []),
                            *([f"{info.name}.int8.onnx"] if cfg.int8 else [])], cfg.overwrite)
-    stage = _stage_dir(output)
-    job = None
+    stage, made = _stage_dir(output)
+    job, published = None, False
     try:
         job = ExportJob(path, info, net, stage, cfg, check_pairs([cfg.check_data] if cfg.check_data else check_samples(), info))
         for fmt in cfg.formats():
@@ -382,10 +385,16 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
                 progress(f"{fmt}: {FORMATS[fmt][0]}")
             job.artifacts[fmt] = FORMATS[fmt][1](job)
         _publish(stage, output, cfg.overwrite)
+        published = True
+    except MdrnError as exc:  # a failed check names the file by its final name: the stage is gone once we return
+        raise type(exc)(f"{str(exc).replace(str(stage), str(output))} (nothing was written)") from None
     finally:
         if job:
             job.close()
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in made if not published else []:  # folders made for this export, left empty by its failure
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     artifacts = list(job.artifacts.values())
     for art in artifacts:
         if art.path:

@@ -14,13 +14,29 @@ from typing import Any
 
 import numpy as np
 
-from mdrn_edge.errors import InputError, MdrnError
+from mdrn_edge.errors import InputError, MdrnError, ModelFileError
 from mdrn_edge.modelinfo import ModelInfo
 
 
 # The LR shapes (N x 1 x H x W) an engine covers unless told otherwise: mdrn-export's default engine profile and
 # the profile of ONNX Runtime's TensorRT EP; modest on purpose (Jetson memory), larger slices are tiled.
 DEFAULT_PROFILE = ((1, 1, 16, 16), (1, 1, 256, 256), (1, 1, 512, 512))
+
+
+def check_graph(path: Path, info: ModelInfo, inputs: list[tuple[str, list]], outputs: list[str]) -> None:
+    """A model graph the pipeline can run: one input and one output named as its metadata declares, the input
+    ``N x 1 x H x W`` with H and W free (slices and tiles of any size). Each runner passes what its runtime
+    reports (names, and dimensions as numbers or None/names for free ones); anything else is one line, exit 3."""
+    hint = "re-export it with mdrn-export (one input and output, dynamic batch, H and W)"
+    if [name for name, _ in inputs] != [info.input_name] or outputs != [info.output_name]:
+        raise ModelFileError(f"{path}: its graph's inputs {[n for n, _ in inputs]} and outputs {outputs} are not the one "
+                             f"'{info.input_name}' and '{info.output_name}' its metadata declares; {hint}")
+    dims = inputs[0][1]
+    fixed = [d for d in dims[2:] if isinstance(d, int)]
+    if len(dims) != 4 or fixed:
+        shown = "x".join(str(d) if isinstance(d, int) else "?" for d in dims)
+        raise ModelFileError(f"{path}: its graph input '{info.input_name}' is {shown}, not N x 1 x H x W with H and W "
+                             f"free; {hint}")
 
 
 class InferenceError(MdrnError):

@@ -12,7 +12,7 @@ import numpy as np
 
 from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, first_line, require
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
-from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner
+from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner, check_graph
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,10 @@ class OnnxRuntimeRunner(Runner):
         meta = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise ModelFileError(f"{self.path}: not an mdrn-edge model (no '{METADATA_KEY}' metadata); export it with mdrn-export")
-        return session, ModelInfo.from_json(meta[METADATA_KEY], str(self.path))
+        info = ModelInfo.from_json(meta[METADATA_KEY], str(self.path))
+        check_graph(self.path, info, [(i.name, i.shape) for i in session.get_inputs()],
+                    [o.name for o in session.get_outputs()])
+        return session, info
 
     def input_limits(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         """The TensorRT EP's profile when it runs the model (shapes outside it would rebuild or fail)."""

@@ -33,7 +33,7 @@ import numpy as np
 from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, PathRefused, first_line, require
 from mdrn_edge.fileio import atomic_path
 from mdrn_edge.modelinfo import METADATA_KEY, ModelInfo
-from mdrn_edge.runtime.base import Runner
+from mdrn_edge.runtime.base import Runner, check_graph
 from mdrn_edge.runtime.config import RuntimeConfig, gate_name
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,9 @@ class OpenVINORunner(Runner):
             raise ModelFileError(f"{self.path}: not an mdrn-edge model (no '{METADATA_KEY}' metadata); export it with "
                                  "mdrn-export")
         info = ModelInfo.from_json(self._model.get_rt_info(key).astype(str), str(self.path))
-        names = ([sorted(p.get_names()) for p in self._model.inputs], [sorted(p.get_names()) for p in self._model.outputs])
-        if len(names[0]) != 1 or len(names[1]) != 1 or info.input_name not in names[0][0] or info.output_name not in names[1][0]:
-            raise ModelFileError(f"{self.path}: its graph's inputs {names[0]} and outputs {names[1]} are not the one "
-                                 f"'{info.input_name}' and '{info.output_name}' its metadata declares; re-export it with "
-                                 "mdrn-export")
+        inputs = [(p.get_any_name(), [d.get_length() if d.is_static else None for d in p.get_partial_shape()])
+                  for p in self._model.inputs]
+        check_graph(self.path, info, inputs, [p.get_any_name() for p in self._model.outputs])
         return info
 
     def _choose_precision(self, native: set[str]) -> None:

@@ -18,6 +18,9 @@ RETRIES = 3  # tries of an association that fails to connect, with backoff
 BACKOFF_S = 1.0  # first wait between tries, doubled each time
 
 
+log = logging.getLogger(__name__)
+
+
 def quiet_pynetdicom() -> None:
     """pynetdicom logs every failed association itself; our one line says it all."""
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -73,15 +76,33 @@ def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeou
                     "and the host and port")
 
 
+VERIFICATION = "1.2.840.10008.1.1"
+MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage: what a derived series is sent as
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
 def echo(dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) -> None:
-    """C-ECHO: the PACS answers before any inference is spent on a series it could not receive."""
-    assoc = _associate(dest, None, timeout, retries)
+    """The PACS answers before any inference is spent on a series it could not receive: an association offering
+    verification and MR storage, then C-ECHO. A PACS that refuses C-ECHO but accepts MR storage (some allow
+    only stores from known senders) is told of in a warning and the store is tried; one that accepts neither is
+    one line saying what it refused."""
+    assoc = _associate(dest, [(VERIFICATION,), (MR_STORAGE, EXPLICIT_LE)], timeout, retries)
     try:
-        status = assoc.send_c_echo()
-        if getattr(status, "Status", None) != 0x0000:
-            raise PacsError(f"{dest}: C-ECHO failed (status {getattr(status, 'Status', 'none')}); check the PACS")
+        accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+        status = assoc.send_c_echo() if VERIFICATION in accepted else None
+        code = getattr(status, "Status", None)
+        if code == 0x0000:
+            return
+        what = "refused C-ECHO" if VERIFICATION in accepted else "offers no C-ECHO"
+        if MR_STORAGE in accepted:
+            log.warning("%s: the PACS %s (status %s) but accepts MR storage from %s: trying the store", dest, what,
+                        "none" if code is None else hex(code), CALLING_AET)
+            return
+        raise PacsError(f"{dest}: the PACS {what} (status {'none' if code is None else hex(code)}) and accepts no MR "
+                        f"storage from {CALLING_AET}; check that it lists {CALLING_AET} among its known senders")
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
 
 
 def send_files(files: list[Path], dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) -> int:
