@@ -156,7 +156,7 @@ def one_error_line(res):
 def test_failed_fp16_gate_leaves_nothing_behind(ckpt, tmp_path):
     res = run_export(ckpt, "--fp16", "--output", tmp_path / "o", "--max-psnr-drop", "-1")
     assert one_error_line(res) and "FP16 loses" in res.output
-    assert list((tmp_path / "o").iterdir()) == []
+    assert not (tmp_path / "o").exists()  # the folder it made for this export is gone too
 
 
 def _bad_checkpoint(folder: Path, kind: str) -> Path:

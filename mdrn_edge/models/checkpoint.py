@@ -40,9 +40,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # torch's text is a page of advice: ours names what was refused
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ModelFileError(f"{path}: refused: it holds pickled code or objects{what} that a weights-only load never "
-                             "runs; give a checkpoint written by mdrn-train") from None
+        why = (f"it holds pickled code or objects ({found.group(1)}) that a weights-only load never runs" if found
+               else "corrupt, or not a PyTorch file")
+        raise ModelFileError(f"{path}: not a loadable weights-only checkpoint: {why}; give a checkpoint written by "
+                             "mdrn-train") from None
     except Exception as exc:
         raise ModelFileError(
             f"{path}: not a loadable weights-only checkpoint ({first_line(exc)})"
