@@ -52,16 +52,30 @@ class MissingDependencyError(MdrnError):
     exit_code = 4
 
 
+PIP_NAMES = {"onnxconverter_common": "onnxconverter-common"}  # import name -> the name pip installs it by
+
+
+def install_hint(module: str, extra: str) -> str:
+    """What installs ``module`` from where the user stands: the package alone, or the extra from mdrn-edge's source
+    (a clone, which is where mdrn-edge is installed from: it is not published on a registry)."""
+    from pathlib import Path
+
+    package = PIP_NAMES.get(module.split(".")[0], module.split(".")[0])
+    first = "pip install torch==2.13.0 (or your CUDA build of torch) first, then " if module == "torch" else ""
+    root = Path(__file__).resolve().parents[1]
+    source = (f"pip install -e '{root}[{extra}]'" if (root / "setup.cfg").is_file()
+              else f"pip install '.[{extra}]' in the mdrn-edge source folder")
+    return f"{first or f'pip install {package}, or '}everything the {extra} step needs: {source}"
+
+
 def require(module: str, extra: str):
-    """Import an optional dependency or raise one line naming the extra that installs it."""
+    """Import an optional dependency or raise one line saying what installs it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependencyError(
-            f"{module} is not installed ({exc}); install it with: pip install 'mdrn-edge[{extra}]'"
-        ) from None
+        raise MissingDependencyError(f"{module} is not installed ({exc}); {install_hint(module, extra)}") from None
 
 
 def printable(text: object) -> str:

@@ -109,6 +109,9 @@ def check_output_path(out: str | Path, inputs: Sequence[str | Path], overwrite: 
         if _contains(target, source):
             where = "is" if target == source else "contains"
             raise InputError(f"{out}: {where} the input {item}; writing there could delete it, choose another --output")
+        if source.is_dir() and _contains(source, target):  # inputs are never modified, not even by an added folder
+            raise InputError(f"{out}: lies inside the input folder {item}; inputs are never modified, choose an "
+                             "--output outside it")
     if not out.exists():
         return
     if not overwrite:

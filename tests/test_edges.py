@@ -125,7 +125,10 @@ def test_text_files_and_earlier_outputs_in_a_series_folder_are_skipped_with_one_
     src = make_series(tmp_path / "in", 2)
     (src / "README").write_text("scanner export notes")
     (src / "LICENSE").write_text("CC BY 4.0")
-    assert infer(src, "--output", src / "sr-earlier").exit_code == 0  # an earlier result inside the input folder
+    res = infer(src, "--output", src / "sr-earlier")  # writing inside the input folder is refused...
+    assert one_line(res, 2) and "lies inside the input folder" in res.output and not (src / "sr-earlier").exists()
+    assert infer(src, "--output", tmp_path / "earlier").exit_code == 0  # ...but an earlier result copied in is skipped
+    shutil.move(tmp_path / "earlier", src / "sr-earlier")
     before = digest(all_files(src))
     res = infer(src, "--output", tmp_path / "out", "--json")
     assert res.exit_code == 0, res.output

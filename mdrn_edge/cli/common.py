@@ -25,9 +25,9 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except MdrnError as exc:
             fail(str(exc), exc.exit_code, kwargs.get("as_json"))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # asked for, not an error: said as such
             fail("interrupted: stopped cleanly; nothing partial was left under the output's name", INTERRUPTED_EXIT,
-                 kwargs.get("as_json"))
+                 kwargs.get("as_json"), prefix="Stopped")
         except OSError as exc:  # permission, read-only or full disk, a path that is a file: the user's environment
             where = f"{exc.filename}: " if exc.filename else ""
             fail(f"{where}{exc.strerror or first_line(exc)}; free space or choose a writable path and run again", OS_ERROR_EXIT,
@@ -68,9 +68,9 @@ def say(text: str, err: bool = False) -> None:
     click.echo(printable(text), err=err)
 
 
-def fail(message: str, code: int, as_json: bool | None = None) -> None:
+def fail(message: str, code: int, as_json: bool | None = None, prefix: str = "Error") -> None:
     """One ``Error: ...`` line on stderr (and, with --json, ``{"error", "exit_code"}`` on stdout), then exit."""
-    click.echo(f"Error: {printable(message)}", err=True)
+    click.echo(f"{prefix}: {printable(message)}", err=True)
     if as_json:
         emit_json({"error": message, "exit_code": code})
     sys.exit(code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, json_option, runtime_config, runtime_options, say, stop_on_signals, user_errors,
+    SETTINGS, OneLineCommand, runtime_config, runtime_options, say, stop_on_signals, user_errors,
     version_option,
 )
 from mdrn_edge.errors import InputError
@@ -43,7 +43,7 @@ def _line(event: dict) -> str:
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds between polls of the changes feed.")
 @click.option("--forward-wait", type=click.FloatRange(0, 3600), default=60.0, help="With --once: seconds to wait for forward jobs.")
 @runtime_options
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per series event on stdout, one per line.")
 @user_errors
 def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, as_json,
             **runtime):

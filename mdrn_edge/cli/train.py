@@ -34,7 +34,7 @@ def _load_config(path: str | None) -> dict:
 @click.option("--iterations", type=int, help="Total iterations of the schedule  [default: 20000].")
 @click.option("--batch-size", type=int, help="Global batch size, split over DDP processes  [default: 16].")
 @click.option("--patch", type=int, help="HR patch size  [default: 192].")
-@click.option("--lr", type=float, help="Initial learning rate, halved at 50%% and 75%% of the run  [default: 5e-4].")
+@click.option("--lr", type=float, help="Initial learning rate, halved at 50 % and 75 % of the run  [default: 5e-4].")
 @click.option("--warmup", type=click.IntRange(0), help="Iterations of linear learning-rate warm-up (for fine-tunes)  [default: 0].")
 @click.option("--val-every", type=int, help="Validate every N iterations  [default: 500].")
 @click.option("--save-every", type=int, help="Write last.pt every N iterations  [default: 100].")
