@@ -58,8 +58,10 @@ def wait_stable(server: OrthancServer, n: int, timeout: float = 30) -> None:
     pytest.fail(f"Orthanc {server.aet} did not declare {n} series stable")
 
 
-def node(server, state, *extra):
-    res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--state", str(state), "--once", "--json", *extra])
+def node(server, state, *extra, from_start=True):
+    """One ``--once`` run; by default over Orthanc's whole feed (the series were sent before the node started)."""
+    res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--state", str(state), "--once", "--json",
+                                        *(["--from-start"] if from_start else []), *extra])
     events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     return res, events
 
@@ -140,10 +142,10 @@ def test_pacs_down_the_forward_is_retried_and_recorded(tmp_path):
         res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "8")
         assert res.exit_code == 0, res.output  # the node does not crash
         retried = [e for e in events if e["outcome"] == "forward_retried"]
-        assert retried and "store to PACS failed" in retried[0]["reason"]
+        assert retried and "the PACS PACS did not take the series" in retried[0]["reason"]
         row = sqlite3.connect(tmp_path / "state" / "node.sqlite").execute(
             "SELECT state, attempts, reason FROM series WHERE state = 'forwarding'").fetchone()
-        assert row and row[1] >= 1 and "failed" in row[2]
+        assert row and row[1] >= 1 and "did not take" in row[2]
 
         pacs.start()  # the PACS is back: the next run resubmits Orthanc's job
         time.sleep(2)
@@ -169,7 +171,7 @@ def test_a_node_killed_mid_series_finishes_it_once_on_restart(tmp_path, pacs_and
     wait_stable(scanner, 1)
     state = tmp_path / "state"
     cmd = [sys.executable, "-m", "mdrn_edge.cli.node", "--orthanc", scanner.url, "--state", str(state), "--once",
-           "--scale", "2", "--forward", "PACS"]
+           "--scale", "2", "--forward", "PACS", "--from-start"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -234,3 +236,77 @@ def test_an_unknown_forward_modality_and_a_shared_state_folder_are_one_line(tmp_
             held.close()
     finally:
         server.stop()
+
+
+# --- as an operator meets it (#26) -----------------------------------------------------------------------------------
+
+def test_a_pacs_down_past_the_retry_window_is_forward_failed_then_delivered_by_retry_failed(tmp_path):
+    pacs = OrthancServer(tmp_path / "pacs", "PACS", free_port(), free_port(), {})  # declared, down
+    scanner = start_orthanc(tmp_path / "a", "ORTHANC", {"PACS": ["PACS", "127.0.0.1", pacs.dicom_port]})
+    try:
+        send_files(copies([mr_small()], tmp_path / "mr"), Destination.parse(scanner.dest))
+        wait_stable(scanner, 1)
+        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "20",
+                           "--retry-window", "0.001")  # 3.6 s: a maintenance window of hours, shortened
+        assert res.exit_code == 0, res.output
+        failed = [e for e in events if e["outcome"] == "forward_failed"]
+        assert failed and "--retry-failed" in failed[0]["reason"] and "description" in failed[0]
+        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "5")
+        assert not any(e["outcome"] == "forwarded" for e in events)  # stays failed until asked
+        pacs.start()
+        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "30", "--retry-failed")
+        assert res.exit_code == 0, res.output
+        assert any(e["outcome"] == "forwarded" for e in events), events
+        assert len(pacs.get("/series")) == 1
+    finally:
+        scanner.stop()
+        pacs.stop()
+
+
+def test_a_node_started_before_orthanc_waits_for_it(tmp_path):
+    scanner = OrthancServer(tmp_path / "a", "ORTHANC", free_port(), free_port(), {})
+    if not Path("/usr/sbin/Orthanc").exists():
+        pytest.skip("/usr/sbin/Orthanc (Debian orthanc) is not installed; .ci/run installs it")
+    proc = subprocess.Popen([sys.executable, "-m", "mdrn_edge.cli.node", "--orthanc", scanner.url, "--state",
+                             str(tmp_path / "state"), "--interval", "0.5", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None  # still there, waiting, not exit 8
+        scanner.start()
+        send_files(copies([mr_small()], tmp_path / "mr"), Destination.parse(scanner.dest))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not derived_series(scanner):
+            time.sleep(0.5)
+        assert derived_series(scanner), "the node did not process the series sent once Orthanc was up"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        scanner.stop()
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    outcomes = [e.get("outcome") for e in events]
+    assert outcomes[0] == "waiting" and outcomes.count("waiting") == 1, outcomes  # said once, not every poll
+    assert events[-1] == {"error": "interrupted; nothing partial was left under the output's name", "exit_code": 130}
+    assert proc.returncode == 130 and err.strip().startswith("Stopped:")
+
+
+def test_a_new_state_folder_neither_replays_the_archive_nor_duplicates_a_derived_series(tmp_path, pacs_and_scanner):
+    pacs, scanner = pacs_and_scanner
+    send_files(copies([mr_small()] * 2, tmp_path / "first"), Destination.parse(scanner.dest))
+    wait_stable(scanner, 1)
+    res, events = node(scanner, tmp_path / "state1", "--forward", "PACS", "--forward-wait", "30")
+    assert any(e["outcome"] == "forwarded" for e in events), events
+    assert len(pacs.get("/series")) == 1 and len(derived_series(scanner)) == 1
+
+    res, events = node(scanner, tmp_path / "lost", "--forward", "PACS", from_start=False)  # the state was lost
+    assert res.exit_code == 0 and [e["outcome"] for e in events] == ["starting"], events
+    res, events = node(scanner, tmp_path / "other", "--forward", "PACS", "--forward-wait", "5")  # asked for history
+    held = [e for e in events if e["outcome"] == "skipped" and "already holds its derived series" in e.get("reason", "")]
+    assert len(held) == 1, events
+    assert len(pacs.get("/series")) == 1 and len(derived_series(scanner)) == 1  # no duplicate anywhere
+
+    send_files(copies([mr_small()], tmp_path / "later"), Destination.parse(scanner.dest))  # new after the start
+    wait_stable(scanner, 3)  # the first series, its derived series, the new one
+    res, events = node(scanner, tmp_path / "lost", "--forward", "PACS", "--forward-wait", "30", from_start=False)
+    assert any(e["outcome"] == "forwarded" for e in events), events
+    assert len(pacs.get("/series")) == 2

@@ -26,7 +26,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except MdrnError as exc:
             fail(str(exc), exc.exit_code, kwargs.get("as_json"))
         except KeyboardInterrupt:  # asked for, not an error: said as such
-            fail("interrupted: stopped cleanly; nothing partial was left under the output's name", INTERRUPTED_EXIT,
+            fail("interrupted; nothing partial was left under the output's name", INTERRUPTED_EXIT,
                  kwargs.get("as_json"), prefix="Stopped")
         except OSError as exc:  # permission, read-only or full disk, a path that is a file: the user's environment
             where = f"{exc.filename}: " if exc.filename else ""
@@ -71,8 +71,8 @@ def say(text: str, err: bool = False) -> None:
 def fail(message: str, code: int, as_json: bool | None = None, prefix: str = "Error") -> None:
     """One ``Error: ...`` line on stderr (and, with --json, ``{"error", "exit_code"}`` on stdout), then exit."""
     click.echo(f"{prefix}: {printable(message)}", err=True)
-    if as_json:
-        emit_json({"error": message, "exit_code": code})
+    if as_json:  # on one line: mdrn-node's --json is one object per line
+        click.echo(strict_json({"error": message, "exit_code": code}, indent=None))
     sys.exit(code)
 
 

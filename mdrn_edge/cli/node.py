@@ -4,18 +4,41 @@ from __future__ import annotations
 
 import click
 
+import time
+from typing import Callable
+
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, runtime_config, runtime_options, say, stop_on_signals, user_errors,
-    version_option,
+    SETTINGS, OneLineCommand, runtime_config, runtime_options, stop_on_signals, user_errors, version_option,
 )
+from mdrn_edge.cli.common import say as say_line
 from mdrn_edge.errors import InputError
 from mdrn_edge.fileio import strict_json
 
 
+def wait_for(orthanc, once: bool, interval: float, say: Callable[[dict], None]) -> None:
+    """Orthanc reachable and authorised before anything else: with --once an unreachable one is one line (exit 8);
+    a running node waits for it, saying so once (at boot the two start together)."""
+    from mdrn_edge.node.orthanc import OrthancError
+
+    told = False
+    while True:
+        try:
+            orthanc.system()
+            return
+        except OrthancError as exc:
+            if once or "401" in str(exc) or "403" in str(exc):  # waiting cannot fix a wrong password
+                raise
+            if not told:
+                say({"outcome": "waiting", "reason": f"{exc}; trying again every {interval:g} s"})
+                told = True
+            time.sleep(interval)
+
+
 def _line(event: dict) -> str:
     """The one-line status of a series event."""
-    what = event.get("description") or event.get("series_uid") or event.get("series", "")
-    text = f"{event['outcome']}: series {what!r}" if event.get("series") else event["outcome"]
+    name = event.get("description") or event.get("series_uid") or ""
+    what = f"{name!r} ({event['series']})" if name else event.get("series", "")  # one name in every line: both
+    text = f"{event['outcome']}: series {what}" if event.get("series") else event["outcome"]
     if event.get("slices"):
         text += f" ({event['slices']} slices)"
     if "seconds" in event:
@@ -42,11 +65,14 @@ def _line(event: dict) -> str:
 @click.option("--once", is_flag=True, help="Handle what is pending, wait for the forwards (--forward-wait), and exit (tests, cron).")
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds between polls of the changes feed.")
 @click.option("--forward-wait", type=click.FloatRange(0, 3600), default=60.0, help="With --once: seconds to wait for forward jobs.")
+@click.option("--retry-window", type=click.FloatRange(0, 24 * 30), default=6.0, help="Hours a failed forward is retried (waits doubling up to 5 min) before it is forward_failed.")
+@click.option("--retry-failed", is_flag=True, help="First forward again every forward_failed series and process again every failed one (after a PACS outage or a fix).")
+@click.option("--from-start", is_flag=True, help="With a new --state folder: process the series Orthanc already holds (default: only those stored from now on).")
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per series event on stdout, one per line.")
 @user_errors
-def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, as_json,
-            **runtime):
+def command(url, user, password, scale, model, forward, rules_file, state_dir, once, interval, forward_wait, retry_window,
+            retry_failed, from_start, as_json, **runtime):
     """Follow an Orthanc's changes feed; super-resolve each stable MR series; upload the derived series to the same
     Orthanc and, with --forward, have Orthanc C-STORE it to the PACS.
 
@@ -65,16 +91,21 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
 
     stop_on_signals()
     config = runtime_config(runtime)
-    check_runtime(model, int(scale), config)  # a model, backend or precision that cannot run: one line, first
+    model_name = check_runtime(model, int(scale), config)["model"]  # a model that cannot run here: one line, first
     rules = Rules.from_file(rules_file) if rules_file else Rules()
+    say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: say_line(_line(event)))
     orthanc = Orthanc(url, user, password)
-    orthanc.system()  # reachable and authorised, before anything else
+    wait_for(orthanc, once, interval, say)  # at boot Orthanc may start after the node
     if forward and forward not in orthanc.modalities():
         raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
                          "declare it in Orthanc's DicomModalities")
     state = NodeState(state_dir)
-    say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: say(_line(event)))
-    node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, runtime=config), say)
+    if retry_failed:
+        again = state.retry_failed()
+        say({"outcome": "retrying", "reason": f"{again['forwards']} forward(s) and {again['series']} failed series again"})
+    node = Node(orthanc, state, NodeConfig(model=model, scale=int(scale), forward=forward, rules=rules, runtime=config,
+                                           model_name=model_name, retry_window_s=retry_window * 3600,
+                                           from_start=from_start), say)
     try:
         node.run(once=once, interval=interval, forward_wait=forward_wait)
         counts = state.counts()

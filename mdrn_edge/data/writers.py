@@ -81,7 +81,7 @@ def derived_slice(src, scale: int, series_uid: str, description: str, derivation
 
     ds = copy.deepcopy(src)
     _remove_stale(ds)
-    sop_uid = generate_uid()
+    sop_uid = generate_uid(entropy_srcs=[series_uid, str(src.SOPInstanceUID)])  # deterministic, as the series'
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -136,14 +136,22 @@ def save_with_pixels(ds, pixels: np.ndarray, path: Path) -> None:
             f.write(b"\0")  # DICOM values have even length
 
 
+def derived_series_uid(source_series_uid: str, model_name: str, scale: int) -> str:
+    """The derived series' SeriesInstanceUID, a function of its source series and the model: the same series
+    super-resolved again by the same model gets the same UIDs, so a PACS replaces instead of duplicating, and a node
+    can ask Orthanc whether it already holds the result (``mdrn-node`` with a new state folder)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["mdrn-edge derived series", source_series_uid, model_name, f"x{scale}"])
+
+
 class DicomSeriesWriter:
     """Writes one derived DICOM file per slice into an existing folder, slice by slice as results arrive."""
 
     def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str) -> None:
-        from pydicom.uid import generate_uid
-
         self.volume, self.scale, self.folder = volume, scale, folder
-        self.series_uid, self.now = generate_uid(), datetime.now()
+        self.series_uid = derived_series_uid(str(volume.headers[0].get("SeriesInstanceUID", "")), model_name, scale)
+        self.now = datetime.now()
         suffix = f" SR x{scale} MDRN"
         self.description = (str(volume.headers[0].get("SeriesDescription", ""))[: LO_MAX - len(suffix)] + suffix).strip()
         self.derivation = (f"Super-resolved x{scale} by mdrn-edge {mdrn_edge.__version__} ({model_name}, {backend}); "

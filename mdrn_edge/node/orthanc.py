@@ -52,6 +52,15 @@ class Orthanc:
         """``{"Changes": [...], "Done": bool, "Last": seq}`` after change ``since``."""
         return self.get("/changes", since=since, limit=limit)
 
+    def last_change(self) -> int:
+        """The sequence number of the newest change in the feed (where a new node starts)."""
+        return int(self.get("/changes", last="").get("Last", 0))
+
+    def series_with_uid(self, uid: str) -> list[str]:
+        """Orthanc's ids of the series whose SeriesInstanceUID is ``uid`` (none, or one)."""
+        found = self._call("POST", "/tools/lookup", content=uid.encode()).json()
+        return [r["ID"] for r in found if r.get("Type") == "Series"]
+
     def series(self, series_id: str) -> dict[str, Any]:
         return self.get(f"/series/{series_id}")
 

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS series (
     derived_id TEXT,                 -- Orthanc's id of the derived series
     job_id TEXT,                     -- Orthanc's store job forwarding it
     attempts INTEGER NOT NULL DEFAULT 0,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    first_failed REAL,               -- when its forward first failed: retries span --retry-window from there
+    description TEXT                 -- its SeriesDescription, to name it in every line
 );
 """
 TODO = ("pending", "processing")
@@ -50,10 +52,28 @@ class NodeState:
         self.db = sqlite3.connect(self.folder / "node.sqlite", isolation_level=None)  # each statement commits
         self.db.row_factory = sqlite3.Row
         self.db.executescript(SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(series)")}
+        for column, kind in (("first_failed", "REAL"), ("description", "TEXT")):  # a state an older node wrote
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE series ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
         self._lock.close()
+
+    @property
+    def is_new(self) -> bool:
+        """No change of the feed was ever read into this state (a new or lost --state folder)."""
+        return self.db.execute("SELECT 1 FROM meta WHERE key = 'last_change'").fetchone() is None
+
+    def retry_failed(self) -> dict[str, int]:
+        """Failed forwards are forwarded again, failed series processed again: ``{"forwards", "series"}``."""
+        with self.db:
+            self.db.execute("BEGIN")
+            forwards = self.db.execute("UPDATE series SET state = 'done', job_id = NULL, attempts = 0, first_failed = "
+                                       "NULL, reason = NULL WHERE state = 'forward_failed'").rowcount
+            series = self.db.execute("UPDATE series SET state = 'pending', reason = NULL WHERE state = 'failed'").rowcount
+        return {"forwards": forwards, "series": series}
 
     @property
     def last_change(self) -> int:

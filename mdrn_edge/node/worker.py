@@ -22,7 +22,8 @@ from mdrn_edge.node.rules import Rules
 from mdrn_edge.node.state import TODO, NodeState
 from mdrn_edge.runtime.config import RuntimeConfig
 
-FORWARD_ATTEMPTS = 10  # store jobs resubmitted at most this often, waiting 2, 4, 8 ... (at most 300) s between
+RETRY_WINDOW_S = 6 * 3600.0  # a failed forward is retried for this long from its first failure (PACS maintenance)
+MAX_RETRY_WAIT_S = 300.0  # waits between tries double from 2 s up to this
 
 
 @dataclass
@@ -33,6 +34,10 @@ class NodeConfig:
     rules: Rules = Rules()
     tile: int | str | None = "auto"
     runtime: RuntimeConfig = RuntimeConfig()  # backend, precision, threads: as mdrn-infer takes them
+    model_name: str = ""  # what the model calls itself (mdrn-x4): with the source series, it makes the derived UIDs
+    retry_window_s: float = RETRY_WINDOW_S
+    max_retry_wait_s: float = MAX_RETRY_WAIT_S
+    from_start: bool = False  # a new state folder reads Orthanc's whole history instead of starting at its end
 
 
 class Node:
@@ -43,6 +48,17 @@ class Node:
         self.orthanc, self.state, self.config, self.say = orthanc, state, config, say
 
     # --- the feed ---------------------------------------------------------------------------------------------------
+    def start_position(self) -> None:
+        """A new (or lost) state folder starts at the end of Orthanc's feed, so that an archive's history is never
+        super-resolved and forwarded again; ``from_start`` reads it all (series already derived are still skipped,
+        see :meth:`already_derived`)."""
+        if self.state.is_new and not self.config.from_start:
+            last = self.orthanc.last_change()
+            self.state.record_changes([], last)
+            self.say({"outcome": "starting", "reason": f"new state: following Orthanc's changes after change {last}; "
+                                                       "series stored before now are not processed (--from-start to "
+                                                       "process them)"})
+
     def poll(self) -> int:
         """Read the changes feed from where it was left; stable series become pending. Returns how many."""
         since, found = self.state.last_change, 0
@@ -78,11 +94,16 @@ class Node:
         tags = info.get("MainDicomTags", {})
         record = {"series": series_id, "series_uid": tags.get("SeriesInstanceUID"),
                   "description": tags.get("SeriesDescription", ""), "slices": len(info.get("Instances", []))}
+        self.state.set(series_id, "processing", description=record["description"])
         if not info.get("Instances"):
             return self._finish(series_id, "skipped", record, reason="no instances")
         reason = self.config.rules.reason_to_skip(tags, self.orthanc.instance_tags(info["Instances"][0]))
         if reason:
             return self._finish(series_id, "skipped", record, reason=reason)
+        held = self.already_derived(tags.get("SeriesInstanceUID", ""))
+        if held:
+            return self._finish(series_id, "skipped", record, reason=f"Orthanc already holds its derived series {held} "
+                                f"by {self.config.model_name}: not processed or forwarded again")
         work = self.state.work / series_id
         try:
             timings, result = self._super_resolve(info, work)
@@ -102,6 +123,16 @@ class Node:
         if self.config.forward:
             record["forward_job"] = self._forward(series_id, derived_id)
         self._finish(series_id, self.state.get(series_id)["state"], record, state_set=True)
+
+    def already_derived(self, source_uid: str) -> str | None:
+        """Orthanc's id of the series this model derived from ``source_uid`` earlier (its UID is a function of the
+        source and the model), or None."""
+        from mdrn_edge.data.writers import derived_series_uid
+
+        if not (source_uid and self.config.model_name):
+            return None
+        found = self.orthanc.series_with_uid(derived_series_uid(source_uid, self.config.model_name, self.config.scale))
+        return found[0] if found else None
 
     def _super_resolve(self, info: dict[str, Any], work: Path) -> tuple[dict[str, float], dict[str, Any]]:
         """Download and super-resolve into ``work/out``; an output a stopped node completed is reused as it is."""
@@ -134,22 +165,29 @@ class Node:
 
     # --- forwards ---------------------------------------------------------------------------------------------------
     def check_forwards(self) -> int:
-        """Follow the store jobs: success is recorded; a failed job is resubmitted with a doubling wait, and after
-        FORWARD_ATTEMPTS the series is ``forward_failed`` with Orthanc's reason. Returns the jobs still running."""
+        """Follow the store jobs: success is recorded; a failed job is resubmitted with a doubling wait (capped),
+        for ``retry_window_s`` from its first failure (a PACS down for maintenance); after that the series is
+        ``forward_failed`` with the reason, until ``mdrn-node --retry-failed``. Returns the jobs still running."""
         running = 0
         for row in self.state.in_state("forwarding"):
             job = self.orthanc.job(row["job_id"])
             status = job.get("State")
             if status == "Success":
-                self.state.set(row["id"], "forwarded", reason=None)
+                self.state.set(row["id"], "forwarded", reason=None, first_failed=None)
                 self._event(row, "forwarded")
             elif status == "Failure":
-                reason = f"store to {self.config.forward} failed: {job.get('ErrorDescription', '?')}"
-                wait = min(300.0, 2.0 ** (row["attempts"] + 1))
-                if row["attempts"] + 1 >= FORWARD_ATTEMPTS:
+                reason = (f"the PACS {self.config.forward} did not take the series (Orthanc: "
+                          f"{job.get('ErrorDescription', '?')}); check that it runs and accepts this Orthanc's AE title")
+                now = time.time()
+                first = row["first_failed"] or now
+                if not row["first_failed"]:
+                    self.state.set(row["id"], "forwarding", first_failed=first)
+                wait = min(self.config.max_retry_wait_s, 2.0 ** (row["attempts"] + 1))
+                if now - first >= self.config.retry_window_s:
+                    reason += f"; retried for {(now - first) / 3600:.2g} h: once the PACS is back, mdrn-node --retry-failed"
                     self.state.set(row["id"], "forward_failed", reason=reason, attempts=row["attempts"] + 1)
                     self._event(row, "forward_failed", reason)
-                elif time.time() - row["updated"] >= wait:
+                elif now - row["updated"] >= wait:
                     self.orthanc.resubmit(row["job_id"])
                     self.state.set(row["id"], "forwarding", reason=reason, attempts=row["attempts"] + 1)
                     self._event(row, "forward_retried", reason)
@@ -161,8 +199,9 @@ class Node:
         return running
 
     def _event(self, row: dict[str, Any], outcome: str, reason: str | None = None) -> None:
-        event = {"series": row["id"], "derived": row["derived_id"], "forward_job": row["job_id"],
-                 "attempts": row["attempts"], "outcome": outcome, **({"reason": reason} if reason else {})}
+        event = {"series": row["id"], "description": row.get("description") or "", "derived": row["derived_id"],
+                 "forward_job": row["job_id"], "attempts": row["attempts"], "outcome": outcome,
+                 **({"reason": reason} if reason else {})}
         self.state.audit(event)
         self.say(event)
 
@@ -173,6 +212,7 @@ class Node:
         ``forward_wait`` seconds for the forwards, and return."""
         while True:
             try:
+                self.start_position()
                 self.poll()
                 self.process_pending()
                 running = self.check_forwards()
