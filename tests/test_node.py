@@ -310,3 +310,17 @@ def test_a_new_state_folder_neither_replays_the_archive_nor_duplicates_a_derived
     res, events = node(scanner, tmp_path / "lost", "--forward", "PACS", "--forward-wait", "30", from_start=False)
     assert any(e["outcome"] == "forwarded" for e in events), events
     assert len(pacs.get("/series")) == 2
+
+
+def test_once_before_a_series_is_stable_says_so(tmp_path):
+    scanner = start_orthanc(tmp_path / "a", "ORTHANC")
+    try:
+        scanner.stop()
+        scanner.config = {"StableAge": 60}
+        scanner.start()
+        send_files(copies([mr_small()], tmp_path / "mr"), Destination.parse(scanner.dest))
+        res, events = node(scanner, tmp_path / "state")
+        assert res.exit_code == 0 and [e["outcome"] for e in events] == ["not yet stable"], events
+        assert "1 series still arriving" in events[0]["reason"]
+    finally:
+        scanner.stop()

@@ -243,3 +243,32 @@ def test_nifti_output_is_stored_as_the_input_was(tmp_path):
     assert out.get_data_dtype() == np.int16 and (out.dataobj.slope, out.dataobj.inter) == (1.0, 0.0)
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
     assert np.asarray(out.dataobj).max() <= data.max()  # within the input's own range, as integers
+
+
+def test_a_pacs_that_takes_stores_only_from_known_senders_is_told_our_title(tmp_path):
+    """Orthanc storing only from declared modalities: C-ECHO passes, the C-STORE is cut off. The line says which
+    calling AE title was used and how to change it; the output is kept and goes through with --calling-aet."""
+    pacs = start_orthanc(tmp_path / "pacs", "PACS", {"KNOWN": ["KNOWN", "127.0.0.1", 4000]},
+                         config={"DicomAlwaysAllowStore": False, "DicomCheckModalityHost": False})
+    try:
+        src = make_series(tmp_path / "in", 2)
+        code, lines, _ = run(src, "--output", tmp_path / "out", "--send", pacs.dest, "--no-progress")
+        errors = [line for line in lines if not line.startswith("model ")]
+        assert code == 8 and len(errors) == 1 and "MDRN_EDGE" in errors[0] and "--calling-aet" in errors[0], lines
+        assert len(list((tmp_path / "out").glob("*.dcm"))) == 2 and not pacs.get("/instances")  # kept, nothing sent
+        code, lines, stdout = run("send", tmp_path / "out", "--to", pacs.dest, "--calling-aet", "KNOWN", tool="main")
+        assert code == 0 and "stored 2" in stdout and len(pacs.get("/instances")) == 2, lines
+    finally:
+        pacs.stop()
+
+
+def test_an_association_rejected_for_our_title_says_so(tmp_path):
+    pacs = start_orthanc(tmp_path / "pacs", "PACS", {"KNOWN": ["KNOWN", "127.0.0.1", 4000]},
+                         config={"DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False,
+                                 "DicomCheckModalityHost": False})
+    try:
+        code, lines, _ = run(mr_small(), "--output", tmp_path / "out", "--send", pacs.dest, "--calling-aet", "STRANGER")
+        assert refused(code, lines, 8, "from STRANGER", "calling AE title not recognised"), lines
+        assert not (tmp_path / "out").exists()  # checked before any inference
+    finally:
+        pacs.stop()

@@ -10,6 +10,7 @@ from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, runtime_config, runtime_options, say, setup_logging,
     stop_on_signals, user_errors, version_option,
 )
+from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.pipeline import CLIP_MODES
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
 
@@ -51,20 +52,25 @@ class TileParam(click.ParamType):
 @click.option("--allow-missing", is_flag=True, help="Write a series even when some of its files cannot be read (empty, truncated, broken links); they are named. Without it such a series is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (only once the new result is complete).")
 @click.option("--send", "send_to", metavar="AET@HOST:PORT", help="Also store the result in a PACS with DICOM C-STORE.")
+@click.option("--calling-aet", metavar="AET", help="Our AE title towards the PACS (C-ECHO and C-STORE), for a PACS that accepts only known senders  [default: MDRN_EDGE].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to, progress,
-            as_json, **runtime):
+def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to,
+            calling_aet, progress, as_json, **runtime):
     """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
 
     A folder with several series (a whole study) is handled series by series, each into its own folder under
     --output. Inputs are never modified; the output appears only once complete.
     """
     from mdrn_edge.runtime import super_resolve
+    from mdrn_edge.runtime.pacs import Destination
 
     setup_logging()
     stop_on_signals()
+    if calling_aet and not send_to:
+        raise InputError("--calling-aet is our AE title towards the PACS of --send; add --send or leave it out")
+    send_to = Destination.parse(send_to, calling=calling_aet) if send_to else None
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None,
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
                            nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to,

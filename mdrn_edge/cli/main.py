@@ -124,16 +124,17 @@ def sample(folder: str) -> None:
 @version_option
 @click.argument("output", type=click.Path(exists=True, file_okay=False))
 @click.option("--to", "dest", required=True, metavar="AET@HOST:PORT", help="The PACS to store the series in (C-STORE).")
+@click.option("--calling-aet", metavar="AET", help="Our AE title towards the PACS  [default: MDRN_EDGE].")
 @json_option
 @user_errors
-def send(output: str, dest: str, as_json: bool) -> None:
+def send(output: str, dest: str, calling_aet: str | None, as_json: bool) -> None:
     """Store an existing mdrn-infer OUTPUT (every series in it) in a PACS, without recomputing it.
 
     The PACS is checked with C-ECHO first; connections time out and are retried with backoff.
     """
     from mdrn_edge.runtime.pacs import Destination, echo, send_output
 
-    to = Destination.parse(dest, "--to")
+    to = Destination.parse(dest, "--to", calling_aet)
     echo(to)
     sent = send_output(Path(output), to)
     if as_json:

@@ -227,5 +227,9 @@ class Node:
                 while running and time.monotonic() < deadline:
                     time.sleep(0.5)
                     running = self.check_forwards()
+                unstable = self.orthanc.unstable_series()
+                if unstable:  # --once exits, but never in silence about what it could not take yet
+                    self.say({"outcome": "not yet stable", "reason": f"{unstable} series still arriving in Orthanc "
+                                                                     "(its StableAge has not passed): run again later"})
                 return
             time.sleep(interval)

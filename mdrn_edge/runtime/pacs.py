@@ -26,22 +26,36 @@ def quiet_pynetdicom() -> None:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
+AE_TITLE = re.compile(r"[ -\[\]-~]{1,16}")  # 1-16 printable ASCII characters, no backslash
+
+
 @dataclass(frozen=True)
 class Destination:
+    """A PACS (its AE title, host, port) and the calling AE title we present to it (both the C-ECHO and the
+    C-STORE use it; a PACS that accepts only known senders checks it)."""
+
     aet: str
     host: str
     port: int
+    calling: str = CALLING_AET
 
     @classmethod
-    def parse(cls, text: str, option: str = "--send") -> "Destination":
+    def parse(cls, text: str, option: str = "--send", calling: str | None = None) -> "Destination":
         m = re.fullmatch(r"([^@\s\\\\]{1,16})@([^:\s]+):(\d{1,5})", text)
         if not m or not 0 < int(m.group(3)) < 65536:
             raise InputError(f"{option} {text!r}: write it as AET@HOST:PORT (AE title of at most 16 characters, port "
                              "1-65535), e.g. ORTHANC@127.0.0.1:4242")
-        return cls(m.group(1), m.group(2), int(m.group(3)))
+        if calling is not None and not AE_TITLE.fullmatch(calling.strip() or "-"):
+            raise InputError(f"--calling-aet {calling!r}: an AE title is 1 to 16 printable ASCII characters, no backslash")
+        return cls(m.group(1), m.group(2), int(m.group(3)), (calling or CALLING_AET).strip())
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
+
+    def retry_hint(self, folder: Path) -> str:
+        """The command that sends ``folder`` again, with this calling AE title."""
+        calling = f" --calling-aet {self.calling}" if self.calling != CALLING_AET else ""
+        return f"mdrn send {folder} --to {self}{calling}"
 
 
 def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeout: float, retries: int):
@@ -53,7 +67,7 @@ def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeou
         socket.getaddrinfo(dest.host, dest.port)
     except OSError:
         raise PacsError(f"{dest}: host {dest.host!r} does not resolve; check the PACS address") from None
-    ae = pynetdicom.AE(ae_title=CALLING_AET)
+    ae = pynetdicom.AE(ae_title=dest.calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     if contexts is None:
@@ -67,8 +81,9 @@ def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeou
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:  # the PACS answered no: wrong AE title or not allowed; retrying cannot help
-            raise PacsError(f"{dest}: the PACS rejected the association; check its AE title and that it accepts "
-                            f"{CALLING_AET}")
+            raise PacsError(f"{dest}: the PACS rejected the association from {dest.calling} to {dest.aet} "
+                            f"({rejection_reason(assoc)}); check its AE title {dest.aet}, and give --calling-aet a title "
+                            f"the PACS knows or declare {dest.calling} in it")
         if attempt < retries:
             time.sleep(wait)
             wait *= 2
@@ -79,6 +94,19 @@ def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeou
 VERIFICATION = "1.2.840.10008.1.1"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage: what a derived series is sent as
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+# A-ASSOCIATE-RJ (result source, diagnostic) -> words, from PS3.8 table 9-21
+REJECTIONS = {(1, 2): "application context name not supported", (1, 3): "calling AE title not recognised",
+              (1, 7): "called AE title not recognised", (2, 1): "no reason given (presentation layer)",
+              (2, 2): "protocol version not supported", (3, 1): "temporary congestion", (3, 2): "local limit exceeded"}
+
+
+def rejection_reason(assoc) -> str:
+    """Why the PACS rejected the association, in words (pynetdicom keeps the A-ASSOCIATE-RJ primitive)."""
+    primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+    source, diagnostic = getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None)
+    return REJECTIONS.get((source, diagnostic), f"reason {source}/{diagnostic}")
 
 
 def echo(dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) -> None:
@@ -96,10 +124,10 @@ def echo(dest: Destination, timeout: float = TIMEOUT_S, retries: int = RETRIES) 
         what = "refused C-ECHO" if VERIFICATION in accepted else "offers no C-ECHO"
         if MR_STORAGE in accepted:
             log.warning("%s: the PACS %s (status %s) but accepts MR storage from %s: trying the store", dest, what,
-                        "none" if code is None else hex(code), CALLING_AET)
+                        "none" if code is None else hex(code), dest.calling)
             return
         raise PacsError(f"{dest}: the PACS {what} (status {'none' if code is None else hex(code)}) and accepts no MR "
-                        f"storage from {CALLING_AET}; check that it lists {CALLING_AET} among its known senders")
+                        f"storage from {dest.calling}; check that it lists {dest.calling} among its known senders")
     finally:
         if assoc.is_established:
             assoc.release()
@@ -118,9 +146,12 @@ def send_files(files: list[Path], dest: Destination, timeout: float = TIMEOUT_S,
         for path, ds in zip(files, datasets):
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
+            if code is None:  # what a PACS that stores only from known senders does after accepting the association
+                raise PacsError(f"{dest}: the PACS closed the connection at the C-STORE of {path.name} (a PACS that "
+                                f"accepts stores only from known senders does this: we called as {dest.calling}; give "
+                                "--calling-aet a title it knows, or declare this one in it)")
             if code != 0x0000:
-                raise PacsError(f"{dest}: C-STORE of {path} failed with status "
-                                f"{'none (connection lost)' if code is None else hex(code)}")
+                raise PacsError(f"{dest}: C-STORE of {path.name} failed with status {hex(code)}")
     finally:
         assoc.release()
     return len(files)
@@ -133,4 +164,4 @@ def send_output(folder: Path, dest: Destination) -> int:
     try:
         return send_files(files, dest)
     except PacsError as exc:
-        raise PacsError(f"{exc}; the result is kept in {folder}: send it again with mdrn send {folder} --to {dest}") from None
+        raise PacsError(f"{exc}; the result is kept in {folder}: send it again with {dest.retry_hint(folder)}") from None

@@ -91,15 +91,16 @@ def series_folder_name(index: int, volume) -> str:
 def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str | Path | None = None,
                   scale: int | None = None, runtime: RuntimeConfig = RuntimeConfig(),
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
-                  nifti_dtype: str = "keep", overwrite: bool = False, send_to: str | None = None,
+                  nifti_dtype: str = "keep", overwrite: bool = False, send_to: "str | Destination | None" = None,
                   clip: str = "series", allow_missing: bool = False, progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
     ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4);
     ``runtime`` says which backend runs it, where and in which precision (default: the fastest gated one here).
-    A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``) the
-    result is also stored in a PACS by C-STORE. Values come back in the input's stored units; ``clip`` (see
+    A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``, or a
+    :class:`~mdrn_edge.runtime.pacs.Destination` with its calling AE title) the result is also stored in a PACS by
+    C-STORE. Values come back in the input's stored units; ``clip`` (see
     :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. A file that
     should be a slice and cannot be read refuses the run, unless ``allow_missing``: then it is left out and named
     in the result's ``skipped``. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
@@ -115,7 +116,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
 
     t0 = time.perf_counter()
     inputs = [str(p) for p in inputs]
-    dest = Destination.parse(send_to) if send_to else None
+    dest = (send_to if isinstance(send_to, Destination) else Destination.parse(send_to)) if send_to else None
     if isinstance(tile, int) and 0 < tile < MIN_TILE:
         raise InputError(f"--tile {tile} is too small; use at least {MIN_TILE} (and more than --overlap), or auto")
     out = Path(output)
