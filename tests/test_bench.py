@@ -118,7 +118,11 @@ def test_int8_rows_run_the_calibrated_qdq_model_close_to_fp32(report):
     for size in (16, 24):
         int8, fp32 = rows[("onnxruntime-int8-cpu", size)], rows[("onnxruntime-fp32-cpu", size)]
         assert "skipped" not in int8 and int8["precision"] == "int8" and int8["torch_imported"] is False
-        assert abs(int8["psnr"] - fp32["psnr"]) < 0.5 and int8["max_abs_err"] < 0.1
+        assert int8["max_abs_err"] < 0.1
+        if size == 16:  # 64 x 64 HR: the bundled slice itself, a real ground truth
+            assert abs(int8["psnr"] - fp32["psnr"]) < 0.5
+        else:  # 96 x 96 HR would be an enlargement of it: no accuracy is claimed against that
+            assert int8["psnr"] is None and fp32["psnr"] is None and int8["psnr_vs_torch_fp32"] > 30
 
 
 def test_the_report_says_how_busy_the_machine_was_before_the_run(report):

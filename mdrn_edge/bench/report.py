@@ -66,8 +66,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"{head} {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {r['throughput']:.2f} | "
             f"{r['first_result_s']:.2f} | {r['peak_rss_mb']:.0f} | {_f(r.get('peak_gpu_mb'), '.0f')} | "
-            f"{_f(r.get('max_abs_err'), '.1e')} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['achieved_gflops']:.1f} | "
+            f"{_f(r.get('max_abs_err'), '.1e')} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} | {r['achieved_gflops']:.1f} | "
             f"{_f(r.get('share_of_matmul_peak'), '.0%')} |")
+    if any(r.get("psnr") is None for r in report["results"] if "skipped" not in r):
+        lines += ["", "PSNR/SSIM are left out (-) where the data's slices are smaller than the HR the input size needs "
+                      "(they would be scored against a bicubic enlargement, not a ground truth): give --data with "
+                      "larger real slices (at x4, 1024 x 1024 for --sizes 256)."]
     if skipped:
         lines += ["", "Skipped here (every size):", ""] + [f"- {name}: {why}" for name, why in skipped.items()]
     if report["models"]:
@@ -103,7 +107,7 @@ def markdown(report: dict[str, Any]) -> str:
             for name, speed in sorted(rows.items(), key=lambda kv: -kv[1]):
                 note = ("**fastest gated**" if ratios["fastest_gated_cpu_backend"].get(key) == name else
                         "not a speed path" if BACKENDS.get(name, {}).get("speed_path") is False else "")
-                lines.append(f"| {key} | {name} | {speed:.2f}x | {ratios['cpu_psnr_drop_vs_onnxruntime_fp32_db'][key][name]:+.3f} | {note} |")
+                lines.append(f"| {key} | {name} | {speed:.2f}x | {_f(ratios['cpu_psnr_drop_vs_onnxruntime_fp32_db'][key][name], '+.3f')} | {note} |")
         lines += ["", f"Gated: within {MAX_GATED_DROP_DB} dB PSNR of ONNX Runtime FP32. {NOT_A_SPEED_PATH}."]
     return "\n".join(lines) + "\n"
 
@@ -132,19 +136,17 @@ def plots(report: dict[str, Any], folder: Path) -> list[Path]:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     largest = max(sizes) if sizes else 0
-    for r in done:
+    for r in done:  # a legend, not labels at the points: points of similar memory and time overlap
         if r["lr_size"] == largest and r["batch"] == 1:
-            mem = r.get("peak_gpu_mb") or r["peak_rss_mb"]
-            ax.scatter(mem, r["latency_ms"]["p50"])
-            ax.annotate(r["name"], (mem, r["latency_ms"]["p50"]), fontsize=7)
+            ax.scatter(r.get("peak_gpu_mb") or r["peak_rss_mb"], r["latency_ms"]["p50"], label=r["name"])
     for row in report["models"]:
         if row.get("latency_ms"):
-            ax.scatter(row["peak_mem_mb"], row["latency_ms"], marker="s")
-            ax.annotate(f"{row['arch']} (torch, {row['lr_size']}px)", (row["peak_mem_mb"], row["latency_ms"]), fontsize=7)
+            ax.scatter(row["peak_mem_mb"], row["latency_ms"], marker="s", label=f"{row['arch']} (torch, {row['lr_size']}px)")
     ax.set(xlabel="peak memory (MB; GPU where measured, else host RSS)", ylabel="latency p50 (ms)",
            title=f"latency against memory ({largest}x{largest} LR, batch 1)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     paths.append(folder / "latency_vs_memory.png")
     with atomic_path(paths[1]) as tmp:
