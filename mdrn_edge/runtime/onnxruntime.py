@@ -31,7 +31,7 @@ def provider_order(device: str = "auto", tensorrt_ep: bool = False) -> list[str]
     if device == "cuda" and PROVIDERS["cuda"] not in available:
         raise MissingDependencyError(
             f"--device cuda: this onnxruntime {ort.__version__} has no CUDA provider (it has "
-            f"{', '.join(sorted(available))}); install onnxruntime-gpu (pip install 'mdrn-edge[gpu]'), or use --device "
+            f"{', '.join(sorted(available))}); install onnxruntime-gpu (pip install onnxruntime-gpu, or '.[gpu]' in the mdrn-edge clone), or use --device "
             "auto or cpu")
     wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "auto": ["cuda", "cpu"]}[device]
     if tensorrt_ep and device != "cpu":

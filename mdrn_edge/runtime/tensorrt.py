@@ -26,7 +26,7 @@ from mdrn_edge.runtime.sidecar import REBUILD, check_compatible, read_sidecar, s
 
 log = logging.getLogger(__name__)
 
-TRT_HINT = "install TensorRT 10 (JetPack 6.1+ ships 10.3; elsewhere pip install 'mdrn-edge[gpu]')"
+TRT_HINT = "install TensorRT 10 (JetPack 6.1+ ships 10.3; elsewhere pip install tensorrt, or the [gpu] extra: pip install '.[gpu]' in the mdrn-edge clone)"
 
 
 def import_tensorrt(version_compatible: bool = False):
