@@ -272,3 +272,23 @@ def test_an_association_rejected_for_our_title_says_so(tmp_path):
         assert not (tmp_path / "out").exists()  # checked before any inference
     finally:
         pacs.stop()
+
+
+# --- what the user reads (#26) -----------------------------------------------------------------------------------
+
+def test_a_missing_torch_names_what_installs_it_from_a_clone(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from mdrn_edge.cli.main import main\n"
+            f"main(['eval', {str(mr_small())!r}, '--scale', '4'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 4 and len(lines) == 1, res.stderr
+    assert "pip install torch==2.13.0" in lines[0] and "[train]'" in lines[0] and "mdrn-edge[train]" not in lines[0]
+
+
+@pytest.mark.parametrize("tool,absent,present", [("train", "%%", "50 % and 75 %"), ("node", "one machine-readable",
+                                                                                     "one per line")])
+def test_help_says_what_the_tool_does(tool, absent, present):
+    code, lines, stdout = run("--help", tool=tool)
+    text = " ".join(stdout.split())
+    assert code == 0 and absent not in text and present in text
