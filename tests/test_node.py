@@ -268,7 +268,8 @@ def test_a_node_started_before_orthanc_waits_for_it(tmp_path):
     if not Path("/usr/sbin/Orthanc").exists():
         pytest.skip("/usr/sbin/Orthanc (Debian orthanc) is not installed; .ci/run installs it")
     proc = subprocess.Popen([sys.executable, "-m", "mdrn_edge.cli.node", "--orthanc", scanner.url, "--state",
-                             str(tmp_path / "state"), "--interval", "0.5", "--json"], stdout=subprocess.PIPE,
+                             str(tmp_path / "state"), "--interval", "0.5", "--json", "--from-start"],  # no race with
+                            stdout=subprocess.PIPE,  # the series sent just after Orthanc is up
                             stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)
