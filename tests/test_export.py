@@ -121,8 +121,12 @@ def test_onnx_runtime_tensorrt_ep_gets_fp16_caches_and_a_profile(exported, tmp_p
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     _, result = exported
     fp16 = Path(result["onnx_fp16"])
-    opts = tensorrt_ep_options(fp16, "lr", fp16=True)
+    opts = tensorrt_ep_options(fp16, "lr", "fp16")
     assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
+    assert opts["trt_layer_norm_fp32_fallback"] is True and opts["trt_int8_enable"] is False  # CCA's variance in FP32
+    int8 = tensorrt_ep_options(fp16, "lr", "int8")  # #24 item 2: without it TensorRT refuses the Q/DQ model
+    assert int8["trt_int8_enable"] is True and int8["trt_fp16_enable"] is True
+    assert tensorrt_ep_options(fp16, "lr", "fp32")["trt_layer_norm_fp32_fallback"] is False
     assert (opts["trt_profile_min_shapes"], opts["trt_profile_max_shapes"]) == ("lr:1x1x16x16", "lr:1x1x512x512")
     assert opts["trt_engine_cache_path"].startswith(str(tmp_path)) and file_sha256(fp16)[:16] in opts["trt_engine_cache_path"]
     for path, half in ((fp16, True), (Path(result["onnx"]), False)):

@@ -159,10 +159,12 @@ def test_existing_output_is_refused_and_overwrite_replaces_only_our_own(tmp_path
     res = infer(mr_small(), "--output", tmp_path / "out", "--overwrite")  # a user's folder: never replaced
     assert res.exit_code == 2 and "not written by mdrn-edge" in res.output and (tmp_path / "out" / "keep.txt").exists()
     assert infer(mr_small(), "--output", tmp_path / "sr").exit_code == 0
-    first = (tmp_path / "sr" / "0001.dcm").read_bytes()
+    first = (tmp_path / "sr" / "0001.dcm").stat().st_ino
+    uid = pydicom.dcmread(tmp_path / "sr" / "0001.dcm").SOPInstanceUID
     res = infer(mr_small(), "--output", tmp_path / "sr", "--overwrite")  # an earlier result of ours: replaced
     assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "sr").iterdir()) == [".mdrn-edge-output", "0001.dcm"]
-    assert (tmp_path / "sr" / "0001.dcm").read_bytes() != first  # new UIDs: really rewritten
+    assert (tmp_path / "sr" / "0001.dcm").stat().st_ino != first  # a new file: really rewritten
+    assert pydicom.dcmread(tmp_path / "sr" / "0001.dcm").SOPInstanceUID == uid  # same source, same model: same UIDs
 
 
 def _corpus_extra(tmp: Path) -> dict[str, Path]:

@@ -298,6 +298,7 @@ def test_a_new_state_folder_neither_replays_the_archive_nor_duplicates_a_derived
     res, events = node(scanner, tmp_path / "state1", "--forward", "PACS", "--forward-wait", "30")
     assert any(e["outcome"] == "forwarded" for e in events), events
     assert len(pacs.get("/series")) == 1 and len(derived_series(scanner)) == 1
+    wait_stable(scanner, 2)  # the derived series too, so that --once has nothing arriving to report
 
     res, events = node(scanner, tmp_path / "lost", "--forward", "PACS", from_start=False)  # the state was lost
     assert res.exit_code == 0 and [e["outcome"] for e in events] == ["starting"], events

@@ -292,3 +292,43 @@ def test_help_says_what_the_tool_does(tool, absent, present):
     code, lines, stdout = run("--help", tool=tool)
     text = " ".join(stdout.split())
     assert code == 0 and absent not in text and present in text
+
+
+@pytest.mark.parametrize("args,code_expected,words", [(["--trt-ep", "--device", "cpu"], 2, "leave out --device cpu"),
+                                                      (["--trt-ep", "--json"], 4, "--trt-ep")])
+def test_the_tensorrt_ep_asked_for_is_never_a_silent_fallback(tmp_path, args, code_expected, words):
+    """#24 item 2: --trt-ep where ONNX Runtime cannot run TensorRT is one line, and --json's stdout stays JSON."""
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers() and "--json" in args:
+        pytest.skip("this onnxruntime has the TensorRT EP: the refusal of a missing one cannot be seen here")
+    code, lines, stdout = run(mr_small(), "--output", tmp_path / "out", *args)
+    assert refused(code, lines, code_expected, words), lines
+    if "--json" in args:
+        assert json.loads(stdout)["exit_code"] == code_expected
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("built,run_on,compatible,ok", [
+    ("10.3.0", "10.3.0", False, True), ("10.3.0", "10.4.0", False, False), ("10.3.0", "10.8.0", True, True),
+    ("10.3.0", "11.0.1", True, True), ("10.3.0", "12.0.0", True, False), ("8.6.1", "10.3.0", True, True),
+    ("8.6.1", "11.0.0", True, False), ("10.3.0", "10.2.0", True, False)])
+def test_version_compatible_plans_run_on_the_next_major_only(built, run_on, compatible, ok):
+    """#24 item 8: TensorRT supports 8 -> 10 and 10 -> 11 for version-compatible plans, "no other combination"."""
+    from mdrn_edge.errors import ModelFileError
+    from mdrn_edge.runtime.sidecar import check_compatible
+
+    sidecar = {"tensorrt_version": built, "version_compatible": compatible, "gpu": {"compute_capability": "8.7"}}
+    device = {"compute_capability": "8.7", "name": "Orin"}
+    if ok:
+        check_compatible(sidecar, run_on, device, "m.engine")
+    else:
+        with pytest.raises(ModelFileError, match=f"built with TensorRT {built}, this is TensorRT {run_on}"):
+            check_compatible(sidecar, run_on, device, "m.engine")
+
+
+def test_an_engine_at_an_opset_past_the_parser_is_refused_before_any_work(tmp_path):
+    """#24 item 10: TensorRT 10's ONNX parser documents opsets up to 20."""
+    code, lines, _ = run("mdrn-x4", "--engine", "--opset", "21", "--output", tmp_path / "out", tool="export")
+    assert refused(code, lines, 2, "--opset 21", "up to 20"), lines
+    assert not (tmp_path / "out").exists()

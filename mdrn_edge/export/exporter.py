@@ -27,6 +27,9 @@ from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner
 log = logging.getLogger(__name__)
 
 
+MAX_PARSER_OPSET = 20  # the newest opset onnx-tensorrt 10.x's operator table documents
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """What to export and how; the CLI's options map one to one onto these fields."""
@@ -66,6 +69,9 @@ class ExportConfig:
             raise InputError("--calibration is for --int8; add --int8 or leave it out")
         if self.dla_core is not None and self.engine is False:
             raise InputError("--dla-core builds a DLA engine; leave out --no-engine")
+        if self.opset > MAX_PARSER_OPSET and (self.engine or self.dla_core is not None):
+            raise InputError(f"--opset {self.opset} is past what TensorRT 10's ONNX parser documents (up to "
+                             f"{MAX_PARSER_OPSET}); use --opset {MAX_PARSER_OPSET} or lower, or --no-engine")
         self.engine_options().check()
 
     def formats(self) -> list[str]:
@@ -252,7 +258,9 @@ def export_engine(job: ExportJob) -> Artifact:
     Runtime FP32; skipped with the reason where TensorRT or a GPU is missing."""
     cfg = job.cfg
     precision = cfg.engine_precision
-    reason = engine_unavailable_reason()
+    reason = engine_unavailable_reason() or (f"--opset {cfg.opset} is past what TensorRT 10's ONNX parser documents "
+                                             f"(up to {MAX_PARSER_OPSET}); export with --opset {MAX_PARSER_OPSET} for an engine"
+                                             if cfg.opset > MAX_PARSER_OPSET else None)
     if reason:
         return Artifact("engine", None, precision, skipped=reason)
     from mdrn_edge.engines.tensorrt import build_engine

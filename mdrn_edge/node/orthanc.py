@@ -56,9 +56,9 @@ class Orthanc:
         """The sequence number of the newest change in the feed (where a new node starts)."""
         return int(self.get("/changes", last="").get("Last", 0))
 
-    def unstable_series(self) -> int:
-        """How many series Orthanc holds that are not stable yet (still receiving, within its StableAge)."""
-        return sum(not s.get("IsStable", True) for s in self.get("/series", expand=""))
+    def unstable_series(self) -> list[str]:
+        """Orthanc's ids of the series it holds that are not stable yet (still receiving, within its StableAge)."""
+        return [s["ID"] for s in self.get("/series", expand="") if not s.get("IsStable", True)]
 
     def series_with_uid(self, uid: str) -> list[str]:
         """Orthanc's ids of the series whose SeriesInstanceUID is ``uid`` (none, or one)."""

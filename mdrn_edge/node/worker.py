@@ -227,9 +227,10 @@ class Node:
                 while running and time.monotonic() < deadline:
                     time.sleep(0.5)
                     running = self.check_forwards()
-                unstable = self.orthanc.unstable_series()
+                ours = {row["derived_id"] for row in self.state.in_state("done", "forwarding", "forwarded", "forward_failed")}
+                unstable = [sid for sid in self.orthanc.unstable_series() if sid not in ours]  # not our own uploads
                 if unstable:  # --once exits, but never in silence about what it could not take yet
-                    self.say({"outcome": "not yet stable", "reason": f"{unstable} series still arriving in Orthanc "
-                                                                     "(its StableAge has not passed): run again later"})
+                    self.say({"outcome": "not yet stable", "reason": f"{len(unstable)} series still arriving in "
+                                                                     "Orthanc (its StableAge has not passed): run again later"})
                 return
             time.sleep(interval)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -34,7 +36,13 @@ def provider_order(device: str = "auto", tensorrt_ep: bool = False) -> list[str]
             f"{', '.join(sorted(available))}); install onnxruntime-gpu (pip install onnxruntime-gpu, or '.[gpu]' in the mdrn-edge clone), or use --device "
             "auto or cpu")
     wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "auto": ["cuda", "cpu"]}[device]
-    if tensorrt_ep and device != "cpu":
+    if tensorrt_ep and device == "cpu":
+        raise InputError("--trt-ep runs the model on the GPU with TensorRT; leave out --device cpu or --trt-ep")
+    if tensorrt_ep and PROVIDERS["tensorrt"] not in available:
+        raise MissingDependencyError(
+            f"--trt-ep: this onnxruntime {ort.__version__} has no TensorrtExecutionProvider (it has "
+            f"{', '.join(sorted(available))}); install onnxruntime-gpu with TensorRT, or leave out --trt-ep")
+    if tensorrt_ep:
         wanted = ["tensorrt", *wanted]
     return [PROVIDERS[k] for k in wanted if PROVIDERS[k] in available]
 
@@ -50,14 +58,21 @@ def ep_cache_dir(model: Path) -> Path:
     return root / f"{model.stem}-{digest}-ort{ort.__version__}"
 
 
-def tensorrt_ep_options(model: Path, input_name: str, fp16: bool, workspace_mb: int = 1024) -> dict[str, Any]:
+def tensorrt_ep_options(model: Path, input_name: str, precision: str, workspace_mb: int = 1024) -> dict[str, Any]:
     """Options for ONNX Runtime's TensorRT EP: without them it builds an FP32 engine for every new input shape at
-    every start (minutes on a Jetson). FP16 for FP16 models, engine and timing caches on disk, one explicit
-    profile of LR shapes (the pipeline keeps batches and tiles within it)."""
+    every start (minutes on a Jetson). FP16 for FP16 models; INT8 as well for the Q/DQ model (without
+    ``trt_int8_enable`` TensorRT refuses it, "int8 is not configured in the builder", and ONNX Runtime falls back to
+    CUDA: microsoft/onnxruntime#13381); with reduced precision CCA's variance (Pow + ReduceMean) kept in FP32 by
+    ``trt_layer_norm_fp32_fallback``, since the FP16 file's casts do not pin precision in TensorRT's weakly typed
+    network; engine and timing caches on disk; one explicit profile of LR shapes (the pipeline keeps batches and
+    tiles within it)."""
     cache = ep_cache_dir(model)
     shape = lambda dims: f"{input_name}:{'x'.join(map(str, dims))}"  # noqa: E731
+    reduced = precision in ("fp16", "int8")
     return {
-        "trt_fp16_enable": fp16,
+        "trt_fp16_enable": reduced,
+        "trt_int8_enable": precision == "int8",
+        "trt_layer_norm_fp32_fallback": reduced,
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
@@ -78,10 +93,11 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(path)
         if device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device {device} is an OpenVINO device; use --backend openvino, or --device cpu or cuda")
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.tensorrt_ep = device, precision, tensorrt_ep
         self.providers = providers or provider_order(device, tensorrt_ep)
         self.threads, self.provider_options = threads, provider_options or {}
         self.session = None
+        self._fallback = ""  # what ONNX Runtime printed when an execution provider failed
 
     def activate_impl(self) -> None:
         ort = require("onnxruntime", "runtime")
@@ -101,7 +117,7 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = self.threads
         if PROVIDERS["tensorrt"] in self.providers and PROVIDERS["tensorrt"] not in self.provider_options:
             info = self._session(ort, opts, [PROVIDERS["cpu"]])[1]  # the model's precision, before the EP builds
-            cache = tensorrt_ep_options(self.path, info.input_name, info.precision == "fp16")
+            cache = tensorrt_ep_options(self.path, info.input_name, info.precision)
             Path(cache["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             self.provider_options = {**self.provider_options, PROVIDERS["tensorrt"]: cache}
         self.session, self.info = self._session(ort, opts, self.providers)
@@ -110,6 +126,10 @@ class OnnxRuntimeRunner(Runner):
                     f"give the {self.precision.upper()} ONNX that mdrn-export writes")
             raise InputError(f"{self.path}: ONNX Runtime runs a file in its own precision ({self.info.precision}), not "
                              f"--precision {self.precision}; {hint}")
+        if self.tensorrt_ep and self.provider != PROVIDERS["tensorrt"]:  # asked for: never a silent fallback
+            why = self._fallback or "TensorRT did not take the model"
+            raise MissingDependencyError(f"{self.path}: --trt-ep, but ONNX Runtime runs it on {self.provider} ({why}); "
+                                         "check the TensorRT installation, or leave out --trt-ep")
         if self.device == "cuda" and self.provider not in (PROVIDERS["cuda"], PROVIDERS["tensorrt"]):
             raise MissingDependencyError(
                 f"{self.path}: --device cuda, but ONNX Runtime fell back to {self.provider} (CUDA or cuDNN could not be "
@@ -119,9 +139,12 @@ class OnnxRuntimeRunner(Runner):
     def _session(self, ort, opts, providers: list[str]):
         """A session and the model info it carries; one line for a file ONNX Runtime cannot load or we did not
         export."""
-        try:
-            session = ort.InferenceSession(str(self.path), opts,
-                                           providers=[(p, self.provider_options.get(p, {})) for p in providers])
+        printed = io.StringIO()
+        try:  # ONNX Runtime prints an EP's failure and its fallback on stdout, which is --json's: kept apart
+            with contextlib.redirect_stdout(printed):
+                session = ort.InferenceSession(str(self.path), opts,
+                                               providers=[(p, self.provider_options.get(p, {})) for p in providers])
+            self._fallback = first_line(RuntimeError(printed.getvalue())) if printed.getvalue().strip() else ""
         except Exception as exc:
             raise ModelFileError(f"{self.path}: ONNX Runtime cannot load it ({first_line(exc)}); is it an ONNX model?") from None
         meta = session.get_modelmeta().custom_metadata_map

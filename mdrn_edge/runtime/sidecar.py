@@ -38,16 +38,25 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in str(version).split(".")[:3] if p.isdigit())
 
 
+# The majors a version-compatible plan of each major runs on: TensorRT's Support Matrix allows 8 -> 10 and 10 -> 11,
+# "no other combination" (there is no 9)
+COMPATIBLE_MAJORS = {8: (8, 10), 10: (10, 11)}
+
+
 def check_compatible(sidecar: dict[str, Any], trt_version: str, device: dict[str, Any], engine: str | Path) -> None:
     """Refuse an engine built for another TensorRT version or GPU, naming both sides. A version-compatible plan
-    runs on its own TensorRT and any later one, across major versions too (8.6 plans run on 10.x)."""
+    runs on its own TensorRT and later releases of its major and of the next one TensorRT supports (8.6 -> 10.x,
+    10.x -> 11.x), no further."""
     built = str(sidecar.get("tensorrt_version"))
+    run, made = _version_tuple(trt_version), _version_tuple(built)
     if sidecar.get("version_compatible"):
-        ok = _version_tuple(trt_version) >= _version_tuple(built)
+        majors = COMPATIBLE_MAJORS.get(made[0] if made else -1, made[:1])
+        ok = run >= made and bool(run) and run[0] in majors
+        rule = f" (a version-compatible plan runs on TensorRT {' or '.join(f'{m}.x' for m in majors)} from {built})"
     else:
-        ok = _version_tuple(trt_version) == _version_tuple(built)
+        ok, rule = run == made, ""
     if not ok:
-        raise ModelFileError(f"{engine}: built with TensorRT {built}, this is TensorRT {trt_version}; {REBUILD}")
+        raise ModelFileError(f"{engine}: built with TensorRT {built}, this is TensorRT {trt_version}{rule}; {REBUILD}")
     gpu = sidecar.get("gpu", {})
     if not sidecar.get("hardware_compatibility_level") and gpu.get("compute_capability") != device.get("compute_capability"):
         raise ModelFileError(
