@@ -154,3 +154,14 @@ def test_the_report_says_how_busy_the_machine_was_before_the_run(report):
 def _spin() -> None:
     while True:
         pass
+
+
+def test_the_progress_bar_reaches_its_end_with_skipped_backends():
+    """#26: it stopped at 32% when most backends were unavailable."""
+    from mdrn_edge.bench.runner import BenchConfig, bench_steps, run_bench
+
+    cfg = BenchConfig(backends=("torch-fp32-cpu", "onnxruntime-fp32-cpu", "tensorrt-fp16", "torch-fp32-cuda"),
+                      sizes=(16,), min_time=0.05, rounds=1, table3=False)
+    ticks = []
+    run_bench(cfg, ticks.append)
+    assert len(ticks) == bench_steps(cfg) == 4 and sum("skipped" in t for t in ticks) == 2

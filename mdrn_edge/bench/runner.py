@@ -72,6 +72,13 @@ class BenchConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def bench_steps(cfg: BenchConfig) -> int:
+    """How many times :func:`run_bench` calls its progress callback (each backend, skipped or not, each round, size
+    and batch; the Table 3 models; two ways per series and scale): the progress bar's total."""
+    return (len(cfg.sizes) * len(cfg.batches) * len(cfg.backends) * cfg.rounds + (len(PAPER_TABLE3) if cfg.table3 else 0)
+            + len(cfg.series) * len(cfg.series_scales) * 2)
+
+
 def unavailable(name: str) -> str | None:
     """Why a backend cannot run here, or None."""
     spec = BACKENDS[name]

@@ -47,7 +47,7 @@ def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, 
     """Benchmark PyTorch, ONNX Runtime and TensorRT on real MRI slices; each backend runs in its own process."""
     require("torch", "bench")
     from mdrn_edge.bench.report import write_report
-    from mdrn_edge.bench.runner import BACKENDS, BenchConfig, run_bench
+    from mdrn_edge.bench.runner import BACKENDS, BenchConfig, bench_steps, run_bench
 
     names = list(BACKENDS) if backends == "all" else [b.strip() for b in backends.split(",")]
     unknown = [n for n in names if n not in BACKENDS]
@@ -59,9 +59,7 @@ def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, 
     cfg = BenchConfig(model=model, backends=names, sizes=_ints(sizes, "--sizes"), batches=_ints(batches, "--batch"),
                       data=data, min_time=min_time, rounds=rounds, table3=not no_table3, table3_size=table3_size,
                       series=series, series_scales=scales)
-    steps = (len(cfg.sizes) * len(cfg.batches) * len(names) * rounds + (3 if cfg.table3 else 0)
-             + len(cfg.series) * len(cfg.series_scales) * 2)
-    with progress_bar(steps, "bench", not as_json) as bar:
+    with progress_bar(bench_steps(cfg), "bench", not as_json) as bar:
         def tick(label: str) -> None:
             bar.set_postfix_str(label)
             bar.update(1)
