@@ -66,6 +66,14 @@ def node(server, state, *extra, from_start=True):
     return res, events
 
 
+def delivered_once(scanner, pacs, state, *extra) -> None:
+    """A ``--once`` run with the PACS up forwards the series, and the PACS holds it once."""
+    res, events = node(scanner, state, "--forward", "PACS", "--forward-wait", "30", *extra)
+    assert res.exit_code == 0, res.output
+    assert any(e["outcome"] == "forwarded" for e in events), events
+    assert len(pacs.get("/series")) == 1
+
+
 def derived_series(server):
     return [s for s in (server.get(f"/series/{sid}") for sid in server.get("/series"))
             if s["MainDicomTags"].get("SeriesDescription", "").endswith("SR x4 MDRN")]
@@ -149,10 +157,7 @@ def test_pacs_down_the_forward_is_retried_and_recorded(tmp_path):
 
         pacs.start()  # the PACS is back: the next run resubmits Orthanc's job
         time.sleep(2)
-        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "30")
-        assert res.exit_code == 0, res.output
-        assert any(e["outcome"] == "forwarded" for e in events), events
-        assert len(pacs.get("/series")) == 1
+        delivered_once(scanner, pacs, tmp_path / "state")
     finally:
         scanner.stop()
         pacs.stop()
@@ -254,10 +259,7 @@ def test_a_pacs_down_past_the_retry_window_is_forward_failed_then_delivered_by_r
         res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "5")
         assert not any(e["outcome"] == "forwarded" for e in events)  # stays failed until asked
         pacs.start()
-        res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "30", "--retry-failed")
-        assert res.exit_code == 0, res.output
-        assert any(e["outcome"] == "forwarded" for e in events), events
-        assert len(pacs.get("/series")) == 1
+        delivered_once(scanner, pacs, tmp_path / "state", "--retry-failed")
     finally:
         scanner.stop()
         pacs.stop()
