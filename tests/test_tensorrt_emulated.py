@@ -261,3 +261,27 @@ def test_one_runner_shared_by_threads_never_interleaves_its_context(engines, emu
         for t in threads:
             t.join()
     assert not errors, errors[0]
+
+
+def test_a_failing_release_frees_the_rest_and_never_masks_the_error_in_flight(engines, emulator):
+    """#24 item 9: the first failing cudaFree leaked every later buffer and replaced the error being raised."""
+    from mdrn_edge.runtime.base import InferenceError
+    from mdrn_edge.runtime.tensorrt import TensorRTRunner
+
+    _, built = engines
+    before = emulator.live_allocations(), emulator.live_streams()
+    runner = TensorRTRunner(built["fp32"][0]["engine"]).activate()
+    runner.infer(np.zeros((1, 1, 16, 16), np.float32))
+    first = next(iter(runner._buffers.values()))[0]
+    runner.cuda.free(first)  # freed behind the runner's back: its own cudaFree of it now fails
+    with pytest.raises(InferenceError, match=r"1 GPU release\(s\) failed .*the rest was released"):
+        runner.deactivate()
+    assert (emulator.live_allocations(), emulator.live_streams()) == before and not runner.is_active
+
+    runner = TensorRTRunner(built["fp32"][0]["engine"])
+    with pytest.raises(ValueError, match="the error in flight"):
+        with runner:
+            runner.infer(np.zeros((1, 1, 16, 16), np.float32))
+            runner.cuda.free(next(iter(runner._buffers.values()))[0])
+            raise ValueError("the error in flight")
+    assert (emulator.live_allocations(), emulator.live_streams()) == before

@@ -7,6 +7,7 @@ Every backend takes and returns a float32 ``N x 1 x H x W`` array, and times ``i
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 from mdrn_edge.errors import InputError, MdrnError, ModelFileError
 from mdrn_edge.modelinfo import ModelInfo
 
+
+log = logging.getLogger(__name__)
 
 # The LR shapes (N x 1 x H x W) an engine covers unless told otherwise: mdrn-export's default engine profile and
 # the profile of ONNX Runtime's TensorRT EP; modest on purpose (Jetson memory), larger slices are tiled.
@@ -62,14 +65,22 @@ class Runner(ABC):
 
     def deactivate(self) -> None:
         if self.is_active:
-            self.deactivate_impl()
-            self.is_active = False
+            try:
+                self.deactivate_impl()
+            finally:
+                self.is_active = False
 
     def __enter__(self) -> "Runner":
         return self.activate()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.deactivate()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.deactivate()
+            return
+        try:  # an error in flight is what the user must see: a failing release after it is only logged
+            self.deactivate()
+        except Exception as cleanup:  # noqa: BLE001
+            log.warning("%s: %s", self.path, cleanup)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """SR of an ``N x 1 x H x W`` float32 batch; NaN/Inf outputs are refused, never passed on."""

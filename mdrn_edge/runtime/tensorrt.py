@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError
+from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, first_line
 from mdrn_edge.modelinfo import ModelInfo
-from mdrn_edge.runtime.base import Runner
+from mdrn_edge.runtime.base import InferenceError, Runner
 from mdrn_edge.runtime.cuda import CudaError, cuda_adapter
 from mdrn_edge.runtime.sidecar import REBUILD, check_compatible, read_sidecar, sidecar_path
 
@@ -202,15 +202,24 @@ class TensorRTRunner(Runner):
             return dst_host.view(np.float32).reshape(out_shape).copy()
 
     def deactivate_impl(self) -> None:
+        """Release everything even when a release fails (one failing cudaFree must not leak the rest), then say
+        what failed first."""
+        failed: list[BaseException] = []
         if self.cuda:
-            for name, (ptr, _) in self._buffers.items():
-                self.cuda.free(ptr)
-                self.cuda.host_free(self._host[name])
-            self.cuda.close()
+            releases = [(self.cuda.free, ptr) for ptr, _ in self._buffers.values()]
+            releases += [(self.cuda.host_free, host) for host in self._host.values()]
+            for release, what in [*releases, (lambda _: self.cuda.close(), None)]:
+                try:
+                    release(what)
+                except Exception as exc:  # noqa: BLE001  (kept, raised once all is released)
+                    failed.append(exc)
         self._buffers.clear()
         self._host.clear()
         self.context = self.engine = None  # in TensorRT's order: context, engine, then the runtimes
         self.runtime = self._base_runtime = self.cuda = None
+        if failed:
+            raise InferenceError(f"{self.path}: {len(failed)} GPU release(s) failed ({first_line(failed[0])}); the "
+                                 "rest was released; if this repeats, the CUDA driver or device is in trouble")
 
     def device_memory_bytes(self) -> int:
         """The engine's own figure for its activation memory (the TensorRT 10.1+ ``_v2`` API)."""

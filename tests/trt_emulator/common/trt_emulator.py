@@ -759,6 +759,11 @@ def live_streams() -> int:
     return len(_cuda().streams)
 
 
+def live_allocations() -> int:
+    """For tests: device and pinned host allocations not freed."""
+    return len(_cuda().device) + len(_cuda().pinned)
+
+
 def cudaGetErrorName(err: cudaError_t):  # noqa: N802
     return cudaError_t.cudaSuccess, cudaError_t(err).name.encode()
 
