@@ -285,3 +285,13 @@ def test_a_failing_release_frees_the_rest_and_never_masks_the_error_in_flight(en
             runner.cuda.free(next(iter(runner._buffers.values()))[0])
             raise ValueError("the error in flight")
     assert (emulator.live_allocations(), emulator.live_streams()) == before
+
+
+def test_an_engine_build_leaves_no_stream_behind(engines, emulator, tmp_path):
+    """#24 item 9: build_engine opened a CUDA stream to read the device's name and never closed it."""
+    from mdrn_edge.engines.tensorrt import EngineOptions, build_engine
+
+    _, built = engines
+    before = emulator.live_streams(), emulator.live_allocations()
+    build_engine(Path(built["fp32"][0]["onnx"]), tmp_path / "m.engine", EngineOptions())
+    assert (emulator.live_streams(), emulator.live_allocations()) == before and (tmp_path / "m.engine").is_file()

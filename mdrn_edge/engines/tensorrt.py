@@ -20,7 +20,7 @@ from mdrn_edge.errors import EngineBuildError, InputError, MissingDependencyErro
 from mdrn_edge.fileio import atomic_path, file_sha256, write_json
 from mdrn_edge.modelinfo import INPUT_NAME, METADATA_KEY, ModelInfo
 from mdrn_edge.runtime.base import DEFAULT_PROFILE
-from mdrn_edge.runtime.cuda import cuda_adapter
+from mdrn_edge.runtime.cuda import device_properties
 from mdrn_edge.runtime.sidecar import SIDECAR_FORMAT, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
 
     opts.check()
     trt = import_builder()
-    device = cuda_adapter().device()
+    device = device_properties()
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -105,6 +105,11 @@ class ExportJob:
         providers = ["CPUExecutionProvider"] if cpu else None
         return self.runner(f"ort:{path}:{cpu}", lambda: OnnxRuntimeRunner(path, providers=providers))
 
+    def release(self, *prefixes: str) -> None:
+        """Close the open runners whose keys start with ``prefixes`` (they are reopened when asked for again)."""
+        for key in [k for k in self.runners if k.startswith(prefixes)]:
+            self.runners.pop(key).deactivate()
+
     def close(self) -> None:
         for runner in self.runners.values():
             runner.deactivate()
@@ -271,6 +276,7 @@ def export_engine(job: ExportJob) -> Artifact:
     fp16 = job.artifacts.get("onnx_fp16")
     source = job.artifacts["onnx_int8"].path if precision == "int8" else fp32
     path = job.stage / (f"{job.info.name}.engine" if precision == "fp32" else f"{job.info.name}.{precision}.engine")
+    job.release("ort:", "ov:")  # the gates' sessions hold memory (a CUDA arena) the builder needs on an 8 GB Orin
     _, sidecar = build_engine(source, path, cfg.engine_options(), fp16.path if fp16 else None)
     pairs = within_profile(job.pairs, cfg.profile.min[2:], cfg.profile.max[2:], job.info.scale, str(path))
     # the plan was built in this process a moment ago: its embedded lean runtime is ours to trust

@@ -148,3 +148,13 @@ def cuda_adapter() -> CudaPython | PyCuda:
         return PyCuda()
     except ImportError:
         raise MissingDependencyError(f"the TensorRT backend needs CUDA Python bindings; {INSTALL_HINT}") from None
+
+
+def device_properties() -> dict[str, Any]:
+    """The current GPU's name and compute capability, through an adapter that is closed again (an adapter owns a
+    stream: one left open per engine build leaked it)."""
+    adapter = cuda_adapter()
+    try:
+        return adapter.device()
+    finally:
+        adapter.close()

@@ -21,7 +21,7 @@ import numpy as np
 from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, first_line
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import InferenceError, Runner
-from mdrn_edge.runtime.cuda import CudaError, cuda_adapter
+from mdrn_edge.runtime.cuda import CudaError, cuda_adapter, device_properties
 from mdrn_edge.runtime.sidecar import REBUILD, check_compatible, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ def tensorrt_unavailable_reason() -> str | None:
     """None where TensorRT and a CUDA GPU can run an engine here; otherwise why not, in one line."""
     try:
         import_tensorrt()
-        adapter = cuda_adapter()
-        adapter.device()
-        adapter.close()
+        device_properties()
     except (MissingDependencyError, CudaError) as exc:
         return str(exc)
     except Exception as exc:  # a driver without a GPU fails in many ways
