@@ -216,6 +216,18 @@ def test_an_int8_engine_is_built_from_the_qdq_onnx(tmp_path):
     assert engine["checks"]["psnr_drop_db"] <= 0.1
 
 
+@pytest.mark.parametrize("precision,options", [("int8", ["--int8", "--calibration"]), ("fp16", ["--fp16"])])
+def test_tensorrt_11_builds_reduced_precision_strongly_typed(tmp_path, precision, options):
+    """#24 item 5: TensorRT 11 has no BuilderFlag.FP16/INT8/OBEY_PRECISION_CONSTRAINTS (the emulator at 11 neither):
+    FP16 builds from the FP16 ONNX and INT8 from the Q/DQ ONNX as strongly typed networks, and run there."""
+    args = [*options, *([str(mr_small())] if precision == "int8" else [])]
+    result, sidecar = export(tmp_path, precision, *args, env_settings={"MDRN_TRT_EMU_VERSION": "11.0.0"})
+    assert sidecar["precision"] == precision and sidecar["tensorrt_version"] == "11.0.0"
+    assert "STRONGLY_TYPED" in sidecar["flags"] and not {"FP16", "INT8"} & set(sidecar["flags"])
+    engine = next(a for a in result["artifacts"] if a["format"] == "engine")
+    assert engine["checks"]["psnr_drop_db"] <= 0.1
+
+
 # --- in-process: what only a live runner shows ------------------------------------------------------------------
 
 @pytest.fixture()

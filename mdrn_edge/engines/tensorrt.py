@@ -194,7 +194,9 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
     """Build a plan from the FP32 ONNX (``BuilderFlag.FP16`` for FP16, CCA pinned to FP32), or from the Q/DQ ONNX
     for INT8, and write it with its sidecar.
 
-    From TensorRT 11 ``BuilderFlag.FP16`` is gone: there the FP16 ONNX is built as a strongly typed network.
+    From TensorRT 11 ``BuilderFlag.FP16``, ``INT8`` and the precision-constraint flags are gone: there the FP16
+    ONNX, or the Q/DQ ONNX for INT8, is built as a strongly typed network (its types say each layer's precision;
+    the INT8 file's float layers then run in FP32).
     """
     import onnx
 
@@ -204,12 +206,12 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = opts.precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16")
-    if strongly_typed and not fp16_onnx_path:
+    strongly_typed = opts.precision in ("fp16", "int8") and not hasattr(trt.BuilderFlag, "FP16")
+    if strongly_typed and opts.precision == "fp16" and not fp16_onnx_path:
         raise EngineBuildError("this TensorRT has no BuilderFlag.FP16: export the FP16 ONNX too (--fp16)")
-    source = fp16_onnx_path if strongly_typed else source
+    source = fp16_onnx_path if strongly_typed and opts.precision == "fp16" else source
     config = builder.create_builder_config()
-    flags: list[str] = []
+    flags: list[str] = ["STRONGLY_TYPED"] if strongly_typed else []
     if opts.dla_core is not None:
         flags += _use_dla(trt, builder, config, opts.dla_core)
     network, _parser = _parse_onnx(trt, builder, logger, source, strongly_typed)

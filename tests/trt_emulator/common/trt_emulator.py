@@ -78,7 +78,7 @@ class TensorIOMode(enum.IntEnum):
     OUTPUT = 2
 
 
-class BuilderFlag(enum.IntEnum):
+class _Flag(enum.IntEnum):  # every flag of TensorRT 10; BuilderFlag below is what the emulated version has
     FP16 = 0
     INT8 = 1
     DEBUG = 2
@@ -95,6 +95,12 @@ class BuilderFlag(enum.IntEnum):
     VERSION_COMPATIBLE = 14
     EXCLUDE_LEAN_RUNTIME = 15
     FP8 = 16
+
+
+# TensorRT 11 is strongly typed only: its BuilderFlag has no FP16, INT8 or precision-constraint flags
+_GONE_IN_11 = {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"}
+BuilderFlag = enum.IntEnum("BuilderFlag", {f.name: f.value for f in _Flag
+                                           if int(version().split(".")[0]) < 11 or f.name not in _GONE_IN_11})
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -313,7 +319,7 @@ class ITimingCache:
 
 class IBuilderConfig:
     def __init__(self) -> None:
-        self.flags = {BuilderFlag.TF32}  # TensorRT enables TF32 by default
+        self.flags = {_Flag.TF32}  # TensorRT enables TF32 by default
         self.pools: dict[MemoryPoolType, int] = {}
         self.profiles: list[IOptimizationProfile] = []
         self.timing_cache: ITimingCache | None = None
@@ -411,25 +417,25 @@ class Builder:
                 for dims in profile.shapes[t.name]:
                     if len(dims) != len(t.shape) or any(s >= 0 and s != d for s, d in zip(t.shape, dims)):
                         return self._error(f"profile shape {dims} does not match input {t.name} {t.shape}")
-        if strongly_typed and flags & {BuilderFlag.FP16, BuilderFlag.INT8}:
+        if strongly_typed and flags & {_Flag.FP16, _Flag.INT8}:
             return self._error("precision flags are not allowed with a strongly typed network")
-        if network.has_qdq and BuilderFlag.INT8 not in flags and not strongly_typed:
+        if network.has_qdq and _Flag.INT8 not in flags and not strongly_typed:
             return self._error("the network has Q/DQ layers: set BuilderFlag.INT8 to build it")
-        if BuilderFlag.INT8 in flags and not network.has_qdq:
+        if _Flag.INT8 in flags and not network.has_qdq:
             return self._error("INT8 without Q/DQ layers needs a calibrator (implicit quantisation, deprecated): "
                                "export an explicitly quantised ONNX")
-        if BuilderFlag.EXCLUDE_LEAN_RUNTIME in flags and BuilderFlag.VERSION_COMPATIBLE not in flags:
+        if _Flag.EXCLUDE_LEAN_RUNTIME in flags and _Flag.VERSION_COMPATIBLE not in flags:
             return self._error("EXCLUDE_LEAN_RUNTIME needs VERSION_COMPATIBLE")
         dla = None
         if config.default_device_type == DeviceType.DLA:
             if not 0 <= config.DLA_core < self.num_DLA_cores:
                 return self._error(f"DLA core {config.DLA_core} does not exist ({self.num_DLA_cores} DLA cores)")
-            if not flags & {BuilderFlag.FP16, BuilderFlag.INT8}:
+            if not flags & {_Flag.FP16, _Flag.INT8}:
                 return self._error("DLA runs FP16 or INT8 only")
-            if BuilderFlag.GPU_FALLBACK not in flags:
+            if _Flag.GPU_FALLBACK not in flags:
                 return self._error("layers DLA cannot run (depth-to-space, reductions) need BuilderFlag.GPU_FALLBACK")
             dla = config.DLA_core
-        obey = BuilderFlag.OBEY_PRECISION_CONSTRAINTS in flags
+        obey = _Flag.OBEY_PRECISION_CONSTRAINTS in flags
         pinned = [layer.name for layer in network.layers if layer._precision == float32 and
                   all(layer._output_types.get(k) == float32 for k in range(layer.num_outputs))]
         half_pinned = [layer.name for layer in network.layers if layer._precision is not None and
@@ -437,17 +443,17 @@ class Builder:
         if half_pinned:
             return self._error(f"layers {half_pinned[:3]} have a precision but not every output type set to match")
         onnx_bytes = network.onnx_bytes
-        if BuilderFlag.FP16 in flags and not network.has_qdq:  # an INT8 plan runs its Q/DQ graph as quantised
+        if _Flag.FP16 in flags and not network.has_qdq:  # an INT8 plan runs its Q/DQ graph as quantised
             onnx_bytes = _fp16_graph(onnx_bytes, pinned if obey else [])
         if config.timing_cache is not None:  # one entry per (precision flags, network) tuned
-            key = "+".join(sorted(f.name for f in flags & {BuilderFlag.FP16, BuilderFlag.INT8})) or "FP32"
+            key = "+".join(sorted(f.name for f in flags & {_Flag.FP16, _Flag.INT8})) or "FP32"
             config.timing_cache.entries[f"{key}:{len(network.layers)}"] = compute_capability()
         profiles = [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config.profiles]
         header = {
             "version": version(), "cc": compute_capability(),
-            "version_compatible": BuilderFlag.VERSION_COMPATIBLE in flags,
-            "lean_runtime": ("excluded" if BuilderFlag.EXCLUDE_LEAN_RUNTIME in flags else "embedded")
-            if BuilderFlag.VERSION_COMPATIBLE in flags else None,
+            "version_compatible": _Flag.VERSION_COMPATIBLE in flags,
+            "lean_runtime": ("excluded" if _Flag.EXCLUDE_LEAN_RUNTIME in flags else "embedded")
+            if _Flag.VERSION_COMPATIBLE in flags else None,
             "flags": sorted(f.name for f in flags), "fp32_layers": pinned if obey else [],
             "pinned_without_obey": [] if obey else pinned, "profiles": profiles, "dla_core": dla,
             "workspace": config.pools.get(MemoryPoolType.WORKSPACE), "opt_level": config.builder_optimization_level,
