@@ -141,25 +141,28 @@ class Patches:
         return torch.flip(x, (2,)) if t >= 4 else x
 
 
-def validate(model, dev: list[np.ndarray], scale: int, device) -> dict[str, float]:
-    """Mean PSNR (dB, [0, 1], ``scale`` pixels shaved) of the model and of bicubic on the dev slices, in FP32."""
-    import torch
-
+def dev_pairs(dev: list[np.ndarray], scale: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """The dev slices' (LR, HR) pairs and bicubic's mean PSNR on them, made once: every validation reuses them."""
     from mdrn_edge.data.degradation import crop_to_multiple, degrade, upscale
     from mdrn_edge.metrics import psnr
 
+    pairs = [(degrade(hr, scale), hr) for hr in (crop_to_multiple(d, scale) for d in dev)]
+    return pairs, float(np.mean([psnr(np.clip(upscale(lr, scale), 0, 1), hr, scale) for lr, hr in pairs]))
+
+
+def validate(model, dev: tuple[list[tuple[np.ndarray, np.ndarray]], float], scale: int, device) -> dict[str, float]:
+    """Mean PSNR (dB, [0, 1], ``scale`` pixels shaved) of the model on the dev pairs in FP32, against bicubic's."""
+    import torch
+
+    from mdrn_edge.metrics import psnr
+
+    pairs, bicubic = dev
     model.eval()
-    ours, bicubic = [], []
     with torch.no_grad():
-        for hr in dev:
-            hr = crop_to_multiple(hr, scale)
-            lr = degrade(hr, scale)
-            sr = model(torch.from_numpy(lr)[None, None].to(device)).float().cpu().numpy()[0, 0]
-            ours.append(psnr(np.clip(sr, 0, 1), hr, scale))
-            bicubic.append(psnr(np.clip(upscale(lr, scale), 0, 1), hr, scale))
+        ours = float(np.mean([psnr(np.clip(model(torch.from_numpy(lr)[None, None].to(device)).float().cpu().numpy()[0, 0],
+                                           0, 1), hr, scale) for lr, hr in pairs]))
     model.train()
-    return {"psnr": float(np.mean(ours)), "bicubic_psnr": float(np.mean(bicubic)),
-            "gain_db": float(np.mean(ours) - np.mean(bicubic))}
+    return {"psnr": ours, "bicubic_psnr": bicubic, "gain_db": ours - bicubic}
 
 
 def learning_rate(fraction: float) -> float:
@@ -168,14 +171,14 @@ def learning_rate(fraction: float) -> float:
     return base * min(1.0, (fraction + 1e-9) / RECIPE["warmup"])
 
 
-def train_scale(scale: int, out: Path, seconds: float, batch: int, device_name: str, max_iterations: int | None,
-                patch: int, compile_model: bool) -> dict:
+def train_scale(scale: int, pack_file: Path, out: Path, seconds: float, batch: int, device_name: str,
+                max_iterations: int | None, patch: int, compile_model: bool) -> dict:
     """Fine-tune the shipped x``scale`` for ``seconds`` (or ``max_iterations``); write its slim checkpoint (best
     dev PSNR) and its log under ``out``; return the summary."""
     import torch
 
     from mdrn_edge.hardware import device_name as describe
-    from mdrn_edge.models.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+    from mdrn_edge.models.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint, slim
     from mdrn_edge.modelinfo import ModelInfo
     from mdrn_edge.weights import resolve_model
 
@@ -185,11 +188,12 @@ def train_scale(scale: int, out: Path, seconds: float, batch: int, device_name: 
     ckpt = load_checkpoint(source)
     model = model_from_checkpoint(ckpt, source).to(device).train()
     info = ModelInfo.from_dict(ckpt["model_info"], str(source))
-    data = load_pack(PACK_PATH, info.normalizer)
+    data = load_pack(pack_file, info.normalizer)
     if device.type == "cpu":  # the smoke run: a few centre crops of dev slices, so that 2 cores finish in seconds
         data["dev"] = [d[d.shape[0] // 2 - 48 : d.shape[0] // 2 + 48, d.shape[1] // 2 - 48 : d.shape[1] // 2 + 48]
                        for d in data["dev"][::12]]
     patches = Patches(data["train"], scale, patch, device, seed=scale)
+    dev = dev_pairs(data["dev"], scale)
     net = model.to(memory_format=torch.channels_last)
     step_net = torch.compile(net) if compile_model else net
     opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"], betas=RECIPE["betas"])
@@ -201,7 +205,7 @@ def train_scale(scale: int, out: Path, seconds: float, batch: int, device_name: 
         log.write(json.dumps(entry) + "\n")
         log.flush()
 
-    start = validate(net, data["dev"], scale, device)
+    start = validate(net, dev, scale, device)
     record({"iteration": 0, "seconds": 0.0, **start, "note": "the shipped weights"})
     best = {**start, "iteration": 0, "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
     t0, it, next_val, losses = time.perf_counter(), 0, 0.25, []
@@ -225,20 +229,20 @@ def train_scale(scale: int, out: Path, seconds: float, batch: int, device_name: 
             losses = []
         if fraction >= next_val:
             next_val += 0.25
-            best = keep_best(best, net, data["dev"], scale, device, it, t0, record)
-    best = keep_best(best, net, data["dev"], scale, device, it, t0, record)
+            best = keep_best(best, net, dev, scale, device, it, t0, record)
+    best = keep_best(best, net, dev, scale, device, it, t0, record)
     wall = time.perf_counter() - t0
     log.close()
     train_config = {**ckpt.get("train_config", {}), **{k: list(v) if isinstance(v, tuple) else v for k, v in RECIPE.items()},
                     "batch_size": batch, "patch": patch, "iterations": it, "budget_seconds": seconds,
                     "init_from": f"mdrn_edge/weights/mdrn-x{scale}.pt", "data": list(SETS), "autocast": "bf16",
                     "channels_last": True, "compiled": compile_model}
-    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "rng", "train_state_dict", "ema_updates")}
-    slim.update(state_dict=best["state_dict"], iteration=best["iteration"], train_config=train_config,
+    shipped = slim(ckpt)
+    shipped.update(state_dict=best["state_dict"], iteration=best["iteration"], train_config=train_config,
                 metrics={"dev_psnr": best["psnr"], "dev_gain_db": best["gain_db"]},
                 provenance={**ckpt.get("provenance", {}), "device": describe(device), "wall_seconds": wall,
                             "run": "training/device_run.py"})
-    atomic_save(slim, out / f"mdrn-x{scale}-device.pt")
+    atomic_save(shipped, out / f"mdrn-x{scale}-device.pt")
     return {"scale": scale, "iterations": it, "wall_s": round(wall, 1), "iterations_per_s": round(it / wall, 2),
             "patches_per_s": round(it * batch / wall, 1), "start": start,
             "best": {k: best[k] for k in ("iteration", "psnr", "gain_db")}, "device": describe(device)}
@@ -308,11 +312,7 @@ def benchmark(models: dict[str, Path], device_name: str, size: int, runs: int, c
 
 
 # --- the command ------------------------------------------------------------------------------------------------
-PACK_PATH = PACK
-
-
 def main(argv: list[str] | None = None) -> int:
-    global PACK_PATH
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", action="store_true", help="read ../shared/data here and write the data pack")
     ap.add_argument("--pack-file", type=Path, default=PACK, help="the data pack (default training/.pack/mri.npz)")
@@ -326,15 +326,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one scale, in its own process
     ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    PACK_PATH = args.pack_file
     if args.pack:
         path = pack(path=args.pack_file)
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({path.stat().st_size / 2**20:.1f} MiB)")
         return 0
     if not args.out:
         ap.error("--out is required (or --pack)")
-    if not PACK_PATH.is_file():
-        print(f"Error: no data pack at {PACK_PATH}; run python training/device_run.py --pack here first", file=sys.stderr)
+    if not args.pack_file.is_file():
+        print(f"Error: no data pack at {args.pack_file}; run python training/device_run.py --pack here first", file=sys.stderr)
         return 2
     import torch
 
@@ -346,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                       "patch": RECIPE["patch"], "batch": args.batch}
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        summary = train_scale(args.worker, args.out, args.seconds, smoke["batch"], device, smoke["max_iterations"],
+        summary = train_scale(args.worker, args.pack_file, args.out, args.seconds, smoke["batch"], device, smoke["max_iterations"],
                               smoke["patch"], args.compile)
         (args.out / f".x{args.worker}.json").write_text(json.dumps(summary))
         return 0
@@ -354,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     train_s = max(10.0, args.minutes * 60 - BENCH_RESERVE_S)
     per_scale = train_s if not args.sequential else train_s / len(scales)
-    worker = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--pack-file", str(PACK_PATH),
+    worker = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--pack-file", str(args.pack_file),
               "--seconds", str(per_scale), "--batch", str(args.batch)] + (["--cpu-smoke"] if args.cpu_smoke else []) \
         + (["--compile"] if args.compile else [])
     procs = []

@@ -27,10 +27,8 @@ STORED_DTYPES = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint1
 
 def check_derivable(volume: Volume, scale: int) -> None:
     """Refuse, before any inference, a DICOM series whose derived series could not be written: every problem
-    is one line naming the file and the field (header fields the writer reads, storable pixel formats, the
-    output's size)."""
-    from mdrn_edge.data.dicom import header_numbers
-
+    is one line naming the file and the field (storable pixel formats, the output's size; the numeric fields the
+    writer reads were checked by the reader, :func:`~mdrn_edge.data.dicom.clean_header`)."""
     for path, ds in zip(volume.sources, volume.headers):
         for keyword in ("SOPClassUID", "SOPInstanceUID"):
             if not str(ds.get(keyword, "")).strip():
@@ -43,10 +41,6 @@ def check_derivable(volume: Volume, scale: int) -> None:
         if max(rows, cols) > US_MAX:
             raise InputError(f"{path}: the x{scale} output would be {rows}x{cols}, beyond DICOM's {US_MAX} rows/columns; "
                              "use a smaller scale or NIfTI output")
-        header_numbers(ds, "PixelSpacing", 2, path)
-        header_numbers(ds, "ImageOrientationPatient", 6, path)
-        header_numbers(ds, "ImagePositionPatient", 3, path)
-        header_numbers(ds, "SeriesNumber", 1, path)
 
 
 def subpixel_shift(scale: int) -> float:

@@ -135,8 +135,9 @@ class OpenVINORunner(Runner):
                              f"(it has {', '.join(self._core.available_devices) or 'none'})")
         self._model = read_onnx(self.path)
         self.info = self._read_info()
-        self._choose_precision(device_precisions(self._core, self.device))
-        self.cache = self._cache_folder()
+        native = device_precisions(self._core, self.device)
+        self._choose_precision(native)
+        self.cache = self._cache_folder(native)
         log.info("openvino %s on %s: %s (%s)", openvino_version(), self.device, self.precision, self.reason)
 
     def _read_info(self) -> ModelInfo:
@@ -204,14 +205,14 @@ class OpenVINORunner(Runner):
         return props
 
     # --- the compiled-model cache -------------------------------------------------------------------------------
-    def _cache_folder(self) -> Path | None:
+    def _cache_folder(self, native: set[str]) -> Path | None:
         """This file's folder in the cache, created and known to be writable, or None (``--cache-dir off``)."""
         root = cache_root(self.config.cache_dir)
         if root is None:
             return None
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
         device = self._core.get_property(self.device, "FULL_DEVICE_NAME")
-        machine = hashlib.sha256(f"{device}|{sorted(device_precisions(self._core, self.device))}".encode()).hexdigest()
+        machine = hashlib.sha256(f"{device}|{sorted(native)}".encode()).hexdigest()
         folder = root / f"{self.path.stem}-{digest[:16]}-ov{openvino_version()}-{machine[:8]}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
