@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import click
-
 import time
 from typing import Callable
+
+import click
 
 from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, runtime_config, runtime_options, stop_on_signals, user_errors, version_option,
