@@ -29,7 +29,8 @@ class ModelInfo:
     ``bytes_per_lr_pixel`` and ``fp32_layers`` (a regex of FP16-unsafe node names) are the architecture's own
     facts, declared by its model file and carried here for the torch-free runtime. ``gates`` holds the
     reduced precisions a runtime may run this file in, each with the figures of the gate it passed on real MRI:
-    a precision that is not there is refused unless asked for explicitly.
+    a precision that is not there is refused unless asked for explicitly. ``checks`` holds the thresholds each
+    output slice is flagged against (:class:`~mdrn_edge.runtime.checks.Thresholds`), calibrated on real slices.
     """
 
     arch: str
@@ -44,6 +45,7 @@ class ModelInfo:
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
     gates: dict[str, Any] = field(default_factory=dict)  # reduced precisions this file passed (see runtime.config)
+    checks: dict[str, Any] = field(default_factory=dict)  # calibrated per-slice check thresholds (runtime.checks)
     checkpoint_sha256: str = ""
     mdrn_edge_version: str = ""
     input_name: str = INPUT_NAME
@@ -64,7 +66,7 @@ class ModelInfo:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("degradation", "config", "provenance", "gates"):
+        for name in ("degradation", "config", "provenance", "gates", "checks"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}")
 

@@ -45,6 +45,17 @@ def make_series(folder: Path, n: int = 3, size: int | None = None, series_uid: s
     return folder
 
 
+def noise_series(folder: Path, n: int = 2) -> Path:
+    """MR headers holding pure noise: an input unlike anything the model was trained on."""
+    make_series(folder, n)
+    rng = np.random.default_rng(3)
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelData = rng.integers(0, 2000, ds.pixel_array.shape).astype(ds.pixel_array.dtype).tobytes()
+        ds.save_as(f, enforce_file_format=True)
+    return folder
+
+
 def bad_inputs(tmp: Path) -> dict[str, Path]:
     """Name -> an input that the readers must refuse with one clear line."""
     import nibabel as nib

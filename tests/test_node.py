@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from corpus import SHARED_SERIES, make_series, mr_small, shared_files
+from corpus import SHARED_SERIES, make_series, mr_small, noise_series, shared_files
 from helpers import OrthancServer, free_port, start_orthanc
 from mdrn_edge.cli.node import command as node_cli
 from mdrn_edge.runtime.pacs import Destination, send_files
@@ -110,6 +110,7 @@ def test_node_super_resolves_forwards_and_never_twice(tmp_path, pacs_and_scanner
     assert res.exit_code == 0, res.output
     forwarding = [e for e in events if e["outcome"] == "forwarding"]
     assert len(forwarding) == 1 and forwarding[0]["slices"] == 3 and forwarding[0]["model"] == "mdrn-x4"
+    assert forwarding[0]["checks"]["n_slices"] == 3 and forwarding[0]["checks"]["n_flagged"] == 0
     reasons = [e.get("reason", "") for e in events if e["outcome"] == "skipped"]
     assert any("modality CT" in r for r in reasons) and any("derived by mdrn-edge" in r for r in reasons)
     failed = [e for e in events if e["outcome"] == "failed"]
@@ -328,3 +329,35 @@ def test_once_before_a_series_is_stable_says_so(tmp_path):
         assert "1 series still arriving" in events[0]["reason"]
     finally:
         scanner.stop()
+
+
+def test_a_flagged_series_is_held_in_orthanc_until_released_and_the_audit_says_why(tmp_path, pacs_and_scanner):
+    pacs, scanner = pacs_and_scanner
+    send_files(sorted(noise_series(tmp_path / "noise", 2).glob("*.dcm")), Destination.parse(scanner.dest))
+    wait_stable(scanner, 1)
+    res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--checks", "full")
+    assert res.exit_code == 0, res.output
+    held = [e for e in events if e["outcome"] == "held"]
+    assert len(held) == 1 and held[0]["checks"]["n_flagged"] == 2, events
+    assert "uncertainty" in held[0]["reason"] and "--release-held" in held[0]["reason"]
+    assert pacs.get("/series") == [] and len(derived_series(scanner)) == 1  # in Orthanc for review, not in the PACS
+    audit = [json.loads(line) for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert any(a["outcome"] == "held" and a["checks"]["flagged_slices"] == [0, 1] for a in audit)
+
+    res, events = node(scanner, tmp_path / "state", "--forward", "PACS", "--forward-wait", "30", "--release-held")
+    assert res.exit_code == 0, res.output
+    assert any(e["outcome"] == "forwarded" for e in events), events
+    assert len(pacs.get("/series")) == 1
+
+
+def test_rules_may_forward_a_flagged_series_with_its_flags(tmp_path, pacs_and_scanner):
+    pacs, scanner = pacs_and_scanner
+    send_files(sorted(noise_series(tmp_path / "noise", 1).glob("*.dcm")), Destination.parse(scanner.dest))
+    wait_stable(scanner, 1)
+    rules = tmp_path / "rules.json"
+    rules.write_text('{"flagged": "forward"}')
+    delivered_once(scanner, pacs, tmp_path / "state", "--checks", "full", "--rules", str(rules))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"flagged": "maybe"}')
+    res, _ = node(scanner, tmp_path / "state2", "--rules", str(bad))
+    assert res.exit_code == 2 and "flagged must be one of" in res.output

@@ -171,3 +171,37 @@ def runtime_config(options: dict[str, Any]):
     from mdrn_edge.runtime.config import RuntimeConfig
 
     return RuntimeConfig(**options)
+
+
+def check_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a :class:`~mdrn_edge.runtime.checks.CheckConfig`, shared by mdrn-infer and mdrn-node; the
+    command receives them as keywords and builds the config with :func:`check_config`."""
+    from mdrn_edge.runtime.checks import CHECK_MODES, ENFORCE_TOLERANCE_DB
+
+    options = [
+        click.option("--checks", "checks", type=click.Choice(CHECK_MODES), default="fast",
+                     help="Check every output slice against its input: fast = data consistency and grid energy (a few "
+                          "% of the time); full = also the uncertainty of the 8-flip self-ensemble (8 inferences per "
+                          "slice); off = none (huge slices then stream in bands). Figures go to --json and into each "
+                          "DICOM instance; a slice past the model's thresholds is flagged with the reason."),
+        click.option("--consistency", type=click.Choice(["check", "enforce"]), default="check",
+                     help="enforce: correct each output so that, degraded by the model's own forward model, it equals "
+                          "the acquired slice within --consistency-tolerance (detail the degradation cannot see is kept)."),
+        click.option("--consistency-tolerance", type=click.FloatRange(20, 90), default=ENFORCE_TOLERANCE_DB,
+                     help="PSNR in dB, over the normalised range, that --consistency enforce reaches."),
+        click.option("--ensemble", is_flag=True,
+                     help="Write the mean of the model's outputs over the 8 flips/rotations of each slice (8x the time; "
+                          "its spread is then the uncertainty)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def check_config(options: dict[str, Any]):
+    """The :class:`~mdrn_edge.runtime.checks.CheckConfig` of :func:`check_options`' values, taken out of
+    ``options`` (the rest are the runtime's)."""
+    from mdrn_edge.runtime.checks import CheckConfig
+
+    return CheckConfig(mode=options.pop("checks"), enforce=options.pop("consistency") == "enforce",
+                       tolerance_db=options.pop("consistency_tolerance"), ensemble=options.pop("ensemble"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, emit_json, json_option, progress_bar, runtime_config, runtime_options, say, setup_logging,
-    stop_on_signals, user_errors, version_option,
+    SETTINGS, OneLineCommand, check_config, check_options, emit_json, json_option, progress_bar, runtime_config,
+    runtime_options, say, setup_logging, stop_on_signals, user_errors, version_option,
 )
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.pipeline import CLIP_MODES
@@ -39,6 +39,7 @@ class TileParam(click.ParamType):
 @click.option("--model", help="An .onnx or .engine file, or a shipped name (mdrn-x2, mdrn-x4, mdrn-x8)  [default: mdrn-x{scale}].")
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Pick the shipped model for this scale (the model file carries its scale)  [default: 4].")
 @runtime_options
+@check_options
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help=f"Infer in tiles of about TxT LR pixels: auto tiles slices larger than {DEFAULT_TILE} (tiles that stay in "
                    "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
@@ -71,7 +72,8 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
     if calling_aet and not send_to:
         raise InputError("--calling-aet is our AE title towards the PACS of --send; add --send or leave it out")
     send_to = Destination.parse(send_to, calling=calling_aet) if send_to else None
-    result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None,
+    checks = check_config(runtime)
+    result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, checks=checks,
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
                            nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to,
                            progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
@@ -85,9 +87,24 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
                + (f" ({result.precision_reason})" if result.precision_reason else "")
                + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else f" on {result.provider}"),
                err=True)
+    if result.checks:
+        say(checks_line(result.checks), err=True)
     say(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
                f"in {result.seconds} s"
                + (f"; stored {result.sent} in {send_to}" if send_to else ""))
+
+
+def checks_line(summary: dict) -> str:
+    """The checks of a run in one line: how many slices were flagged (which, and why the first), the worst figures."""
+    worst = (f"lowest consistency {summary['min_consistency_db']:.1f} dB, highest grid energy "
+             f"{summary['max_grid_energy']:.3f}"
+             + (f", highest uncertainty {summary['max_uncertainty']:.4f}" if summary["max_uncertainty"] is not None else ""))
+    if not summary["n_flagged"]:
+        return f"checks: no slice flagged of {summary['n_slices']} ({worst})"
+    shown = ", ".join(str(i + 1) for i in summary["flagged_slices"][:10])
+    more = ", ..." if summary["n_flagged"] > 10 else ""
+    return (f"checks: FLAGGED {summary['n_flagged']} of {summary['n_slices']} slices ({shown}{more}): "
+            f"{summary['first_reason']} ({worst})")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,14 @@ DICOM, after highdicom's conventions: same patient and study; a new series with 
 ImageType DERIVED\\SECONDARY with DerivationDescription and SourceImageSequence for provenance; Rows/Columns
 times s, PixelSpacing divided by s and ImagePositionPatient moved to the new first pixel centre; values back in
 the input's stored units; explicit VR little endian.
+
+Marked as an AI-derived image the way the standard allows: a ContributingEquipmentSequence item for mdrn-edge
+(version, model name and the model file's SHA-256, purpose 109102 "Processing Equipment"), DerivationCodeSequence
+113085 "Spatial resampling", BurnedInAnnotation NO. SyntheticData (0008,001C) is left out: Debian's dciodvfy
+reports it as an error. Each instance carries its slice's checks (:mod:`mdrn_edge.runtime.checks`) in
+ImageComments, for a person at a viewer, and in the private block :data:`PRIVATE_CREATOR` of group
+:data:`PRIVATE_GROUP`, for software: consistency_db (DS), grid_energy (DS), uncertainty (DS, when computed),
+flagged (CS YES/NO), reason (LT), enforced (CS YES/NO); see :data:`PRIVATE_ELEMENTS`.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import copy
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +32,10 @@ US_MAX = 65535  # Rows and Columns are US
 IS_MAX = 2**31 - 1  # SeriesNumber is IS
 SERIES_NUMBER_OFFSET = 1000  # the derived series' number: the source's + 1000, where that stays within IS
 STORED_DTYPES = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}
+PRIVATE_GROUP, PRIVATE_CREATOR = 0x0077, "MDRN-EDGE CHECKS 1"
+PRIVATE_ELEMENTS = {"consistency_db": (0x10, "DS"), "grid_energy": (0x11, "DS"), "uncertainty": (0x12, "DS"),
+                    "flagged": (0x13, "CS"), "reason": (0x14, "LT"), "enforced": (0x15, "CS")}
+LT_MAX = 10240
 
 
 def check_derivable(volume: Volume, scale: int) -> None:
@@ -66,6 +79,55 @@ def _remove_stale(ds) -> None:
     for keyword in ("IconImageSequence", "SmallestImagePixelValue", "LargestImagePixelValue"):
         if keyword in ds:
             delattr(ds, keyword)
+
+
+def _code(value: str, meaning: str):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+def mark_ai_derived(ds, scale: int, model_name: str, model_sha256: str, now: datetime) -> None:
+    """Say in standard attributes that mdrn-edge derived the image: contributing equipment, derivation code,
+    no burned-in annotation (see the module docstring)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.Manufacturer = "mdrn-edge"
+    item.ManufacturerModelName = model_name[:LO_MAX]
+    item.SoftwareVersions = mdrn_edge.__version__
+    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = (f"Super-resolution x{scale} by the model {model_name}"
+                                    + (f", model file SHA-256 {model_sha256}" if model_sha256 else ""))
+    item.PurposeOfReferenceCodeSequence = [_code("109102", "Processing Equipment")]
+    ds.ContributingEquipmentSequence = [*ds.get("ContributingEquipmentSequence", []), item]
+    ds.DerivationCodeSequence = [_code("113085", "Spatial resampling")]
+    ds.BurnedInAnnotation = "NO"
+
+
+def _ds(value: float) -> str:
+    """A number as a DICOM DS (16 characters at most)."""
+    return f"{value:.6g}"[:16]
+
+
+def record_checks(ds, check) -> None:
+    """One slice's checks (:class:`~mdrn_edge.runtime.checks.SliceCheck`) in ImageComments and our private block."""
+    spread = "not computed" if check.uncertainty is None else f"{check.uncertainty:.4g}"
+    line = (f"mdrn-edge checks: consistency {check.consistency_db:.1f} dB, grid energy {check.grid_energy:.3f}, "
+            f"uncertainty {spread}" + (", consistency enforced" if check.enforced else "")
+            + (f"; FLAGGED: {check.reason}" if check.flagged else "; not flagged"))
+    earlier = str(ds.get("ImageComments", "") or "")
+    ds.ImageComments = (f"{earlier} | {line}" if earlier else line)[-LT_MAX:]
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    values = {"consistency_db": _ds(check.consistency_db), "grid_energy": _ds(check.grid_energy),
+              "uncertainty": None if check.uncertainty is None else _ds(check.uncertainty),
+              "flagged": "YES" if check.flagged else "NO", "reason": check.reason[:LT_MAX] or None,
+              "enforced": "YES" if check.enforced else "NO"}
+    for name, (element, vr) in PRIVATE_ELEMENTS.items():
+        if values[name] is not None:
+            block.add_new(element, vr, values[name])
 
 
 def derived_slice(src, scale: int, series_uid: str, description: str, derivation: str, now: datetime):
@@ -142,8 +204,11 @@ def derived_series_uid(source_series_uid: str, model_name: str, scale: int) -> s
 class DicomSeriesWriter:
     """Writes one derived DICOM file per slice into an existing folder, slice by slice as results arrive."""
 
-    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str) -> None:
+    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str,
+                 model_sha256: str = "") -> None:
         self.volume, self.scale, self.folder = volume, scale, folder
+        self.model_name, self.model_sha256 = model_name, model_sha256
+        self.checks: dict[int, Any] = {}  # slice index -> its SliceCheck, told before the slice is written
         self.series_uid = derived_series_uid(str(volume.headers[0].get("SeriesInstanceUID", "")), model_name, scale)
         self.now = datetime.now()
         suffix = f" SR x{scale} MDRN"
@@ -151,6 +216,10 @@ class DicomSeriesWriter:
         self.derivation = (f"Super-resolved x{scale} by mdrn-edge {mdrn_edge.__version__} ({model_name}, {backend}); "
                            "not for primary diagnosis")
         self.files: list[Path] = []
+
+    def report(self, check) -> None:
+        """Keep a slice's checks for its file (the pipeline reports them before the slice is written)."""
+        self.checks[check.index] = check
 
     def encode(self, k: int, values: np.ndarray) -> np.ndarray:
         """Physical values of slice ``k`` (or some of its rows) as the integers its file stores."""
@@ -161,6 +230,9 @@ class DicomSeriesWriter:
         for k, pixels in enumerate(slices, start=first):
             ds = derived_slice(self.volume.headers[k], self.scale, self.series_uid, self.description,
                                self.derivation, self.now)
+            mark_ai_derived(ds, self.scale, self.model_name, self.model_sha256, self.now)
+            if k in self.checks:
+                record_checks(ds, self.checks[k])
             path = self.folder / f"{k + 1:04d}.dcm"
             save_with_pixels(ds, pixels, path)
             self.files.append(path)

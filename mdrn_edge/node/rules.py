@@ -12,17 +12,23 @@ from typing import Any
 from mdrn_edge.errors import InputError
 
 
+FLAGGED_ACTIONS = ("hold", "forward")
+
+
 @dataclass(frozen=True)
 class Rules:
     """``modalities``: Modality values to take; ``series_description``: a regular expression the description must
     contain (case-insensitive); ``body_parts``: BodyPartExamined values to take (empty: any); ``min_matrix`` /
-    ``max_matrix``: bounds of Rows and Columns."""
+    ``max_matrix``: bounds of Rows and Columns; ``flagged``: what happens to a derived series with a slice the checks
+    flagged (:mod:`mdrn_edge.runtime.checks`): ``hold`` uploads it to Orthanc for review but does not forward it
+    (``mdrn-node --release-held`` forwards it), ``forward`` forwards it with its flags in every instance."""
 
     modalities: tuple[str, ...] = ("MR",)
     series_description: str | None = None
     body_parts: tuple[str, ...] = ()
     min_matrix: int = 16
     max_matrix: int = 2048
+    flagged: str = "hold"
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Rules":
@@ -46,6 +52,8 @@ class Rules:
         for key in ("min_matrix", "max_matrix"):
             if key in data and (not isinstance(data[key], int) or data[key] < 1):
                 raise InputError(f"{path}: {key} must be a positive whole number")
+        if "flagged" in data and data["flagged"] not in FLAGGED_ACTIONS:
+            raise InputError(f"{path}: flagged must be one of {list(FLAGGED_ACTIONS)}, got {data['flagged']!r}")
         if data.get("series_description") is not None:
             try:
                 re.compile(data["series_description"])

@@ -3,7 +3,8 @@ state, so that a restarted node resumes where it stopped and never processes or 
 
 States: ``pending`` (seen stable, not yet handled) -> ``processing`` -> ``done`` (derived series uploaded) ->
 ``forwarding`` (an Orthanc store job runs) -> ``forwarded``; or ``skipped`` / ``failed`` / ``forward_failed``, each
-with its reason. A series left ``processing`` by a stopped node is picked up again at the next start.
+with its reason; or ``held`` (uploaded, a slice flagged by the checks, not forwarded until released). A series left
+``processing`` by a stopped node is picked up again at the next start.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class NodeState:
                                        "NULL, reason = NULL WHERE state = 'forward_failed'").rowcount
             series = self.db.execute("UPDATE series SET state = 'pending', reason = NULL WHERE state = 'failed'").rowcount
         return {"forwards": forwards, "series": series}
+
+    def release_held(self) -> int:
+        """Held series (flagged, reviewed by a person) become ``done``, so the node forwards them; returns how many."""
+        return self.db.execute("UPDATE series SET state = 'done', job_id = NULL, reason = NULL WHERE state = 'held'").rowcount
 
     @property
     def last_change(self) -> int:

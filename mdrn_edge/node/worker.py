@@ -9,6 +9,7 @@ and never starts a forward twice.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from mdrn_edge.fileio import OUTPUT_MARKER
 from mdrn_edge.node.orthanc import Orthanc, OrthancError
 from mdrn_edge.node.rules import Rules
 from mdrn_edge.node.state import TODO, NodeState
+from mdrn_edge.runtime.checks import CheckConfig
 from mdrn_edge.runtime.config import RuntimeConfig
 
 RETRY_WINDOW_S = 6 * 3600.0  # a failed forward is retried for this long from its first failure (PACS maintenance)
@@ -34,6 +36,7 @@ class NodeConfig:
     rules: Rules = Rules()
     tile: int | str | None = "auto"
     runtime: RuntimeConfig = RuntimeConfig()  # backend, precision, threads: as mdrn-infer takes them
+    checks: CheckConfig = CheckConfig()  # per-slice checks, as mdrn-infer takes them; rules.flagged says what follows
     model_name: str = ""  # what the model calls itself (mdrn-x4): with the source series, it makes the derived UIDs
     retry_window_s: float = RETRY_WINDOW_S
     max_retry_wait_s: float = MAX_RETRY_WAIT_S
@@ -119,10 +122,21 @@ class Node:
         self.state.set(series_id, "done", derived_id=derived_id, reason=None)
         shutil.rmtree(work, ignore_errors=True)
         record.update(model=result["model"], scale=result["scale"], backend=result["backend"], derived=derived_id,
-                      seconds=timings)
+                      seconds=timings, **({"checks": result["checks"]} if result.get("checks") else {}))
+        held = self.hold_reason(result.get("checks") or {}, derived_id)
+        if held:
+            self.state.set(series_id, "held", reason=held)
+            return self._finish(series_id, "held", record, reason=held, state_set=True)
         if self.config.forward:
             record["forward_job"] = self._forward(series_id, derived_id)
         self._finish(series_id, self.state.get(series_id)["state"], record, state_set=True)
+
+    def hold_reason(self, checks: dict[str, Any], derived_id: str) -> str | None:
+        """Why a derived series is held back from the PACS (slices flagged and the rules say hold), or None."""
+        if not (self.config.forward and checks.get("n_flagged") and self.config.rules.flagged == "hold"):
+            return None
+        return (f"{checks['n_flagged']} of {checks['n_slices']} slices flagged ({checks['first_reason']}); uploaded "
+                f"to Orthanc as {derived_id} for review, not forwarded: mdrn-node --release-held forwards it")
 
     def already_derived(self, source_uid: str) -> str | None:
         """Orthanc's id of the series this model derived from ``source_uid`` earlier (its UID is a function of the
@@ -139,9 +153,11 @@ class Node:
         from mdrn_edge.runtime import super_resolve
 
         out, timings = work / "out", {}
-        if (out / OUTPUT_MARKER).is_file():
+        if (out / OUTPUT_MARKER).is_file():  # its checks are in the marker, so a flag survives a restart
+            series = json.loads((out / OUTPUT_MARKER).read_text()).get("series") or [{}]
             return {"reused_output": True}, {"model": self.config.model or f"mdrn-x{self.config.scale}",
-                                             "scale": self.config.scale, "backend": "earlier run"}
+                                             "scale": self.config.scale, "backend": "earlier run",
+                                             "checks": series[0].get("checks")}
         shutil.rmtree(work, ignore_errors=True)  # a partial download or stage of a stopped node
         (work / "in").mkdir(parents=True)
         t0 = time.perf_counter()
@@ -150,10 +166,10 @@ class Node:
         timings["download_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         result = super_resolve([work / "in"], out, model=self.config.model, scale=self.config.scale,
-                               tile=self.config.tile, runtime=self.config.runtime)
+                               tile=self.config.tile, runtime=self.config.runtime, checks=self.config.checks)
         timings["infer_s"] = round(time.perf_counter() - t0, 2)
         return timings, {"model": result.model, "scale": result.scale, "backend": result.backend,
-                         "precision": result.precision}
+                         "precision": result.precision, "checks": result.checks}
 
     def _finish(self, series_id: str, state: str, record: dict[str, Any], reason: str | None = None,
                 state_set: bool = False) -> None:
@@ -227,7 +243,7 @@ class Node:
                 while running and time.monotonic() < deadline:
                     time.sleep(0.5)
                     running = self.check_forwards()
-                ours = {row["derived_id"] for row in self.state.in_state("done", "forwarding", "forwarded", "forward_failed")}
+                ours = {row["derived_id"] for row in self.state.in_state("done", "forwarding", "forwarded", "forward_failed", "held")}
                 unstable = [sid for sid in self.orthanc.unstable_series() if sid not in ours]  # not our own uploads
                 if unstable:  # --once exits, but never in silence about what it could not take yet
                     self.say({"outcome": "not yet stable", "reason": f"{len(unstable)} series still arriving in "

@@ -10,13 +10,14 @@ from mdrn_edge.data.volume import Volume
 from mdrn_edge.errors import InputError
 from mdrn_edge.hardware import available_memory
 from mdrn_edge.runtime.base import Runner
-from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, tiled_rows
+from mdrn_edge.runtime.checks import SliceChecker
+from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled, tiled_rows
 
 UNKNOWN_BYTES_PER_LR_PIXEL = 17000  # a model file that predates the measured figure: EDSR's, the largest measured
 CLIP_MODES = ("series", "none")  # series: outputs within the input series' own physical range; none: unclipped
 Encoder = Callable[[int, np.ndarray], np.ndarray]  # (slice index, physical rows) -> rows as the writer stores them
-BATCH_PIXELS = 256 * 256
-FINISH_ROWS = 256  # output rows converted per step of a tiled slice  # batch small slices up to this many LR pixels per call; large ones go one by one
+BATCH_PIXELS = 256 * 256  # batch small slices up to this many LR pixels per call; large ones go one by one
+FINISH_ROWS = 256  # output rows converted per step of a tiled slice
 
 
 def activation_bytes(runner: Runner, lr_pixels: int) -> int:
@@ -63,7 +64,7 @@ def resolve_tile(tile: int | str | None, shape: tuple[int, int],
 def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None = "auto", overlap: int | None = None,
                          batch: int | None = None, progress: Callable[[int], None] | None = None,
                          memory_budget: int | None = None, clip: str = "series",
-                         encode: Encoder | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                         encode: Encoder | None = None, checker: SliceChecker | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first slice index, SR slices)`` chunks, so that callers write each chunk as it comes and memory
     never holds the whole super-resolved volume.
 
@@ -71,7 +72,11 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
     stored integers): tiled slices are encoded band by band as the stitcher releases rows, so a large slice is held
     once, in its output type, and never as float32. ``clip="series"`` keeps outputs within the input's own minimum
     and maximum: a network's overshoot at edges must not make MR magnitude negative or exceed what the scanner
-    stored, while signed data keeps its negative values. ``clip="none"`` returns the network's values as they are."""
+    stored, while signed data keeps its negative values. ``clip="none"`` returns the network's values as they are.
+
+    With a ``checker`` every slice is checked against its LR slice (:mod:`~mdrn_edge.runtime.checks`) before it
+    leaves, and may be replaced (the self-ensemble's mean, made consistent): a tiled slice is then held whole, in
+    normalised float32, while it is checked (``checks="off"`` keeps the band-by-band stream for huge slices)."""
     if clip not in CLIP_MODES:
         raise InputError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
     if min(volume.data.shape[-2:]) < 2:
@@ -99,11 +104,25 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
             np.clip(out, *bounds, out=out)
         return encode(k, out) if encode else out
 
-    for i in range(0, len(x), 1 if tile else per_call):
+    def sr_of(lr: np.ndarray) -> np.ndarray:  # one normalised slice, as the run infers it (the checker's ensemble)
         if tile:
+            return run_tiled(runner.infer, lr, s, tile, overlap, per_call, largest)
+        return runner.infer(lr[None, None])[0, 0]
+
+    def checked(k: int, sr: np.ndarray) -> np.ndarray:  # slice k through the checker, in normalised units
+        limits = scaling.normalize(np.asarray(bounds, np.float32)[None, None], first=k).ravel() if bounds else None
+        return checker.process(k, x[k], sr, sr_of, (float(limits[0]), float(limits[1])) if bounds else None)
+
+    def finished(k: int, sr: np.ndarray) -> np.ndarray:  # a whole slice, a few rows at a time: small temporaries
+        return np.concatenate([finish(k, sr[r : r + FINISH_ROWS]) for r in range(0, len(sr), FINISH_ROWS)])
+
+    for i in range(0, len(x), 1 if tile else per_call):
+        if tile and checker:
+            chunk = finished(i, checked(i, sr_of(x[i])))[None]
+        elif tile:
             out = None
             for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call, largest):
-                for k in range(0, len(rows), FINISH_ROWS):  # a few rows at a time: small temporaries
+                for k in range(0, len(rows), FINISH_ROWS):
                     done = finish(i, rows[k : k + FINISH_ROWS])
                     if out is None:
                         out = np.empty((x.shape[1] * s, x.shape[2] * s), done.dtype)
@@ -111,7 +130,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
             chunk = out[None]
         else:
             sr = runner.infer(x[i : i + per_call, None])[:, 0]
-            chunk = np.stack([finish(i + k, one) for k, one in enumerate(sr)])
+            chunk = np.stack([finish(i + k, checked(i + k, one) if checker else one) for k, one in enumerate(sr)])
         yield i, chunk
         if progress:
             progress(len(chunk))

@@ -18,8 +18,9 @@ from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
-from mdrn_edge.errors import InputError
+from mdrn_edge.errors import InputError, printable
 from mdrn_edge.hardware import peak_rss_mb
+from mdrn_edge.runtime.checks import CheckConfig, SliceChecker, summarize, thresholds_of
 from mdrn_edge.runtime.config import RuntimeConfig
 from mdrn_edge.runtime.tiling import MIN_TILE
 
@@ -49,6 +50,8 @@ class InferResult:
     sent: int | None = None
     skipped: str = ""  # what reading left out (non-DICOM files, earlier mdrn-edge outputs), in one line
     peak_rss_mb: float | None = None  # this process's peak memory so far (sizing a Jetson)
+    checks: dict[str, Any] = field(default_factory=dict)  # every series' slices together (runtime.checks.summarize)
+    slices: list[dict[str, Any]] = field(default_factory=list)  # per output slice: its figures and flag (1-based series)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +84,12 @@ def write_behind(chunks: Iterator[tuple[int, np.ndarray]], write: Callable[[int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def modality_reason(volume) -> str:
+    """Why a DICOM series is not what the models are made for (they train on MR), or "" (NIfTI says nothing)."""
+    modality = str(volume.headers[0].get("Modality", "") or "") if volume.kind == "dicom" else ""
+    return f"modality {printable(modality)}: the model was trained on MR images" if modality and modality != "MR" else ""
+
+
 def series_folder_name(index: int, volume) -> str:
     """``NN_<SeriesNumber>_<SeriesDescription>``, filesystem-safe: one folder per series of a study."""
     h = volume.headers[0]
@@ -92,7 +101,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                   scale: int | None = None, runtime: RuntimeConfig = RuntimeConfig(),
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
                   nifti_dtype: str = "keep", overwrite: bool = False, send_to: "str | Destination | None" = None,
-                  clip: str = "series", allow_missing: bool = False, progress: Progress = _no_progress) -> InferResult:
+                  clip: str = "series", allow_missing: bool = False, checks: CheckConfig = CheckConfig(),
+                  progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
@@ -103,13 +113,16 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     C-STORE. Values come back in the input's stored units; ``clip`` (see
     :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. A file that
     should be a slice and cannot be read refuses the run, unless ``allow_missing``: then it is left out and named
-    in the result's ``skipped``. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user
-    errors, before writing anything where it can.
+    in the result's ``skipped``. ``checks`` says how each output slice is checked against its input (consistency,
+    grid energy, the self-ensemble's spread), and whether the output is made consistent or is the ensemble's mean:
+    the figures are in the result (``slices``, ``checks``, each series' ``checks``) and in every derived DICOM
+    instance. Raises :class:`~mdrn_edge.errors.MdrnError` subclasses on user errors, before writing anything where
+    it can.
     """
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
     from mdrn_edge.data.nifti import is_nifti, read_nifti
     from mdrn_edge.data.writers import DicomSeriesWriter, check_derivable, is_our_nifti, write_nifti
-    from mdrn_edge.fileio import check_output_path, publish_dir, publish_file, staged
+    from mdrn_edge.fileio import check_output_path, file_sha256, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
     from mdrn_edge.runtime.pacs import Destination, echo, send_output
     from mdrn_edge.runtime.pipeline import super_resolve_volume
@@ -134,34 +147,42 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     runner = create_runner(path, runtime)
     skipped: Counter = Counter()
     volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped, allow_missing)
-    series, n_slices = [], 0
+    series, n_slices, all_checks, slices = [], 0, [], []
     with runner:
         if scale and int(scale) != runner.scale:
             raise InputError(f"{path}: is a x{runner.scale} model but --scale is {scale}; drop --scale or pick a x{scale} model")
         for volume in volumes if not nifti else []:  # every series checked before any inference
             check_derivable(volume, runner.scale)
         desc = runner.describe()
+        model_sha256 = file_sha256(path)
         log.info("model %s (%s), backend %s %s on %s", runner.info.name, path.name, runner.backend, desc["precision"],
                  desc.get("provider"))
         with staged(out, directory=not nifti) as tmp:
             for i, volume in enumerate(volumes):
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
                 target = out if nifti else out / folder.relative_to(tmp)
+                checker = SliceChecker(runner.info, checks, series_reason=modality_reason(volume)) if checks.active else None
                 with progress(volume.n_slices, volume.description[:30] or "series") as bar:
                     if nifti:  # nibabel writes whole volumes
-                        chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip)
+                        chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
+                                                      checker=checker)
                         write_nifti(volume, np.concatenate([sr for _, sr in chunks]), runner.scale, tmp, nifti_dtype)
                         files = [out]
                     else:
                         folder.mkdir(exist_ok=True)
                         writer = DicomSeriesWriter(volume, runner.scale, folder, runner.info.name,
-                                                   f"{runner.backend} {desc['precision']}")
+                                                   f"{runner.backend} {desc['precision']}", model_sha256)
+                        if checker:
+                            checker.report = writer.report
                         write_behind(super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
-                                                          encode=writer.encode), writer.write)
+                                                          encode=writer.encode, checker=checker), writer.write)
                         files = writer.files
                 series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
-                               "files": len(files)})
+                               "files": len(files), **({"checks": checker.summary()} if checker else {})})
                 n_slices += volume.n_slices
+                if checker:
+                    all_checks += checker.checks
+                    slices += [{"series": i + 1, **c.to_dict()} for c in checker.checks]
             if nifti:
                 publish_file(tmp, out, overwrite, is_our_nifti)
             else:
@@ -172,4 +193,5 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                        precision_reason=desc.get("precision_reason", ""), provider=desc.get("provider"),
                        providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
                        scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
-                       sent=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1))
+                       sent=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1),
+                       checks=summarize(all_checks, thresholds_of(runner.info)), slices=slices)

@@ -102,6 +102,6 @@ def tiled_rows(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, sca
 
 
 def run_tiled(infer: Callable[[np.ndarray], np.ndarray], image: np.ndarray, scale: int, tile: int, overlap: int,
-              batch: int = 1) -> np.ndarray:
+              batch: int = 1, largest: int | None = None) -> np.ndarray:
     """The whole SR slice from :func:`tiled_rows` (for callers that need it in one array)."""
-    return np.concatenate([rows for _, rows in tiled_rows(infer, image, scale, tile, overlap, batch)])
+    return np.concatenate([rows for _, rows in tiled_rows(infer, image, scale, tile, overlap, batch, largest)])
