@@ -90,8 +90,12 @@ def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: i
     Slices without signal are dropped and counted (``n_dropped_blank``). Texture: the band-pass energy (detail
     of a few HR pixels) in the ground truth's background (air) of the model's and bicubic's output, each
     relative to the ground truth's own (``bg_hf_ratio``, ``bicubic_bg_hf_ratio``): above 1, the output has
-    texture that is not in the patient; below 1, it smooths noise."""
-    model_scores, bicubic_scores, dropped = [], [], 0
+    texture that is not in the patient; below 1, it smooths noise. With a runner, the runtime's per-slice checks
+    (:mod:`~mdrn_edge.runtime.checks`: consistency with the LR it was given, grid energy) are summarised beside
+    them."""
+    from mdrn_edge.runtime.checks import measure
+
+    model_scores, bicubic_scores, dropped, checks = [], [], 0, []
     hf: dict[str, float] = {"model": 0.0, "bicubic": 0.0, "hr": 0.0}
     bg_pixels = 0
     for group in pairs if isinstance(pairs, list) else [pairs]:
@@ -105,6 +109,8 @@ def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: i
             sr = predict(runner, lr[None])[0] if runner else bic
             bicubic_scores.append(score(bic, hr, scale))
             model_scores.append(score(sr, hr, scale))
+            if runner:
+                checks.append(measure(len(checks), sr, lr, runner.info))
             sums, n = background_texture({"model": sr, "bicubic": bic}, hr, scale, scale)
             hf = {k: hf[k] + sums[k] for k in hf}
             bg_pixels += n
@@ -127,9 +133,43 @@ def evaluate(runner: Runner | None, pairs: EvalPairs | list[EvalPairs], scale: i
         "ttest_p": test.ttest_p if test else None,
         "border": scale,
         **texture,
+        **check_figures(checks),
         "per_slice_psnr": [float(v) for v in m[:, 0]],
         "per_slice_bicubic_psnr": [float(v) for v in b[:, 0]],
     }
+
+
+def check_figures(checks: list) -> dict[str, Any]:
+    """Mean and worst of the per-slice checks (:class:`~mdrn_edge.runtime.checks.SliceCheck`), or nothing."""
+    if not checks:
+        return {}
+    spreads = [c.uncertainty for c in checks if c.uncertainty is not None]
+    return {"consistency_db": float(np.mean([c.consistency_db for c in checks])),
+            "min_consistency_db": float(min(c.consistency_db for c in checks)),
+            "grid_energy": float(np.mean([c.grid_energy for c in checks])),
+            "max_grid_energy": float(max(c.grid_energy for c in checks)),
+            **({"uncertainty": float(np.mean(spreads)), "max_uncertainty": float(max(spreads))} if spreads else {}),
+            "n_flagged": sum(c.flagged for c in checks)}
+
+
+def evaluate_native(runner: Runner, volume: Volume, uncertainty: bool = False,
+                    progress: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The runtime's checks on slices as the scanner acquired them (no ground truth, no re-degradation: what a
+    deployed model sees), flagged against the model's thresholds; ``uncertainty`` adds the self-ensemble's spread
+    (8 inferences a slice)."""
+    from mdrn_edge.runtime.checks import judge, measure, self_ensemble, thresholds_of
+
+    limits = thresholds_of(runner.info)
+    x = runner.info.normalizer.fit(volume.data).normalize(volume.data)
+    checks = []
+    for i, lr in enumerate(x):
+        sr = predict(runner, lr[None])[0]
+        spread = self_ensemble(lambda a: predict(runner, a[None])[0], lr, sr)[1] if uncertainty else None
+        checks.append(judge(measure(i, sr, lr, runner.info, spread), limits))
+        if progress:
+            progress()
+    return {"n_slices": len(checks), **check_figures(checks), "thresholds": limits.to_dict(),
+            "per_slice_checks": [c.to_dict() for c in checks]}
 
 
 def compare(runners: Sequence[Runner], pairs: list[EvalPairs], scale: int) -> list[dict[str, Any]]:

@@ -163,10 +163,15 @@ def package(model, ckpt: dict, name: str) -> None:
     export_onnx(model, replace(info, checkpoint_sha256=file_sha256(pt)), WEIGHTS / f"{name}.onnx")
 
 
-def ship(run: str, index: dict) -> dict:
+def ship(run: str, index: dict, keep: Path) -> dict:
+    """Package a run as a shipped model; the files it replaces are copied into ``keep`` first."""
+    import shutil
+
     run_dir, _, name = run.partition(":")
     model, ckpt, source = load_run(Path(run_dir))
     name = name or f"{ckpt['arch']}-x{ckpt['scale']}"
+    for old in WEIGHTS.glob(f"{name}.*"):
+        shutil.copy2(old, keep / old.name)
     sources = {k: v["source"] for k, v in index.items()}
     init = ckpt["provenance"].get("init_from")
     if init and Path(init).parent == Path("mdrn_edge/weights") and Path(init).stem in sources:
@@ -182,6 +187,27 @@ def ship(run: str, index: dict) -> dict:
 def ratio(value: float | None) -> str:
     """A texture ratio, or '-' where the slice has no background (air) to measure it in."""
     return "-" if value is None else f"{value:.2f}"
+
+
+def checks_table() -> str:
+    """The per-slice checks of every shipped model (``checks.json``, by ``training/calibrate_checks.py``): its
+    thresholds, the worst figures of the calibration slices and what was flagged on the slices kept out of it."""
+    path = WEIGHTS / "checks.json"
+    if not path.exists():
+        return "(not calibrated yet: run `python training/calibrate_checks.py`)"
+    record = json.loads(path.read_text())
+    sets = list(next(iter(record.values()))["verification"])
+    rows = ["| model | flagged below / above / above | calibration: lowest consistency, highest grid energy, highest "
+            "uncertainty | " + " | ".join(f"{k}: flagged, lowest consistency, highest grid energy" for k in sets) + " |",
+            "|---|---|---|" + "---|" * len(sets)]
+    for name, r in record.items():
+        t, cal = r["thresholds"], [row for rows in r["slices"].values() for row in rows]
+        rows.append(f"| {name} | {t['consistency_db']:.1f} dB / {t['grid_energy']:.3f} / {t['uncertainty']:.4f} | "
+                    f"{min(c['consistency_db'] for c in cal):.1f} dB, {max(c['grid_energy'] for c in cal):.3f}, "
+                    f"{max(c['uncertainty'] for c in cal):.4f} | " + " | ".join(
+                        f"{v['n_flagged']} of {v['n_slices']}, {v['min_consistency_db']:.1f} dB, {v['max_grid_energy']:.3f}"
+                        for v in (r["verification"][k] for k in sets)) + " |")
+    return "\n".join(rows)
 
 
 def model_card(index: dict) -> str:
@@ -212,6 +238,7 @@ def model_card(index: dict) -> str:
     header = " | ".join(f"{k} ({v})" for k, v in OTHER_SCANNERS.items())
     return TEMPLATE.format(results="\n".join(results), blocks="\n".join(blocks), scanners="\n".join(scanners),
                            recipe="\n".join(recipe), pictures="\n".join(pics), scanner_header=header,
+                           checks=checks_table(),
                            blocks_header=" | ".join(BLOCKS),
                            sep="|---" * (len(OTHER_SCANNERS) + 1) + "|", noise=LR_NOISE)
 
@@ -261,6 +288,17 @@ ground truth's own: above 1 means texture that is not in the patient; below 1 me
 |---|---|---|---|---|---|---|---|
 {results}
 
+## Per-slice checks (what mdrn-infer flags)
+Each output slice is checked against its input (`mdrn_edge/runtime/checks.py`): consistency (PSNR of the output
+degraded by the model's own forward model against the acquired slice), grid energy (share of SR minus bicubic at
+the LR grid frequencies; white noise puts 4.7-6.2% there) and, with `--checks full`, the uncertainty (spread of the
+8-flip self-ensemble over tissue). The thresholds are stored in each file, calibrated by
+`training/calibrate_checks.py` on slices as acquired (no re-degradation) of three scanners that no model trained on
+(VS-SEG 1-091..1-100, Philips 1301_0141..0150, Siemens 0031..0035): consistency 6 dB below the lowest, grid energy
+and uncertainty twice the highest. Verified with mdrn-infer's default checks on slices kept out of the calibration.
+
+{checks}
+
 ## Gain by block of slices (dB over bicubic)
 The top of the head (1-111..1-120) has little fine structure: bicubic already scores high there.
 
@@ -293,17 +331,50 @@ ground truth, on an anatomy crop and on a dark crop of air (window 0-0.25), with
 """
 
 
+GRID_GROWTH = 1.25  # the ship gate: a new model's grid energy may grow this much over the model it replaces
+GRID_NOISE_MULTIPLE = 4  # ... and, replacing none, stay within this multiple of white noise's share
+
+
+def grid_gate(name: str, measured: dict, replaced: dict | None) -> str | None:
+    """Why a model must not ship for its LR-grid pattern, or None: its mean grid energy (runtime.checks) on the
+    held-apart slices with LR noise, where an undertrained sub-pixel upsampler's checkerboard shows, against the
+    model it replaces (when that one was measured with it) or a multiple of white noise's share."""
+    from mdrn_edge.runtime.checks import noise_grid_share
+
+    now = measured["antialiased+noise"].get("grid_energy")
+    before = ((replaced or {}).get("measured") or {}).get("antialiased+noise", {}).get("grid_energy")
+    scale = int(name.split("-x")[-1][0])
+    limit = before * GRID_GROWTH if before else GRID_NOISE_MULTIPLE * noise_grid_share(scale)
+    if now is not None and now > limit:
+        return (f"{name}: grid energy {now:.3f} on the held-apart slices with LR noise is above {limit:.3f} ("
+                + (f"{GRID_GROWTH}x the shipped model's {before:.3f}" if before else
+                   f"{GRID_NOISE_MULTIPLE}x white noise's share") + "): a pattern locked to the LR pixel grid; not shipped")
+    return None
+
+
 def main(args: list[str]) -> None:
+    import shutil
+    import tempfile
+
     index_path = WEIGHTS / "shipped.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     shipped = []
     for run in (a for a in args if a != "--card"):
-        record = ship(run, index)
+        keep = Path(tempfile.mkdtemp())  # the files it replaces, put back if the gate refuses it
+        record = ship(run, index, keep)
+        record["measured"] = measure(record["name"])
+        refused = grid_gate(record["name"], record["measured"], index.get(record["name"]))
+        if refused:
+            for new in WEIGHTS.glob(f"{record['name']}.*"):
+                new.unlink()
+            for old in keep.iterdir():
+                shutil.copy2(old, WEIGHTS / old.name)
+            sys.exit(refused)
         index[record["name"]] = record
         shipped.append(record["name"])
     for name in sorted(index):  # measure what was shipped now, what was never measured, or all with --card
-        if not (name in shipped or "measured" not in index[name] or "--card" in args):
-            continue
+        if name in shipped or not ("measured" not in index[name] or "--card" in args):
+            continue  # (shipped now: measured by its gate)
         index[name] = {**{k: index[name][k] for k in RECORD_KEYS if k in index[name]}, "measured": measure(name)}
         a = index[name]["measured"]["antialiased"]
         print(f"{name}: held-apart PSNR {a['psnr']:.3f} vs bicubic {a['bicubic_psnr']:.3f} ({a['gain_db']:+.3f} dB, "

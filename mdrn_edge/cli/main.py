@@ -54,25 +54,33 @@ def summary(arch: str, scale: str, size: int, as_json: bool) -> None:
 @click.option("--lr-noise", type=click.FloatRange(0, 0.5), default=0.0, help="Rician noise standard deviation added to the LR (fraction of the normalised range 1.0); the same noisy LR goes to the model and to bicubic.")
 @click.option("--seed", type=int, default=0, help="Seed of the LR noise.")
 @click.option("--per-slice", is_flag=True, help="Include per-slice PSNRs in the output.")
+@click.option("--native", is_flag=True, help="Super-resolve INPUTS as acquired (no ground truth, no re-degradation) and report only the runtime's per-slice checks: consistency, grid energy, flags.")
+@click.option("--uncertainty", is_flag=True, help="With --native: also the self-ensemble's spread (8 inferences a slice).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @json_option
 @user_errors
-def evaluate_command(inputs, scale, model_name, protocol, degradation, apodization, lr_noise, seed, per_slice, progress,
-                     as_json) -> None:
+def evaluate_command(inputs, scale, model_name, protocol, degradation, apodization, lr_noise, seed, per_slice, native,
+                     uncertainty, progress, as_json) -> None:
     """Per-slice PSNR/SSIM of a model and of bicubic on INPUTS (HR DICOM or NIfTI, degraded to LR), the paired
     test between them, and the texture measure: high-frequency energy in the background (air) relative to the
     ground truth's (above 1: texture that is not in the patient).
 
     Without --model: the shipped MDRN for the scale; with --protocol paper, the shipped paper-protocol model
-    where there is one (mdrn-x4-paper). Blank slices are dropped and counted.
+    where there is one (mdrn-x4-paper). Blank slices are dropped and counted. The runtime's per-slice checks
+    (consistency with the LR, grid energy) are reported beside PSNR/SSIM; --native reports them on the slices as
+    acquired, where no texture measure can look.
     """
     from mdrn_edge.data import read_volume
     from mdrn_edge.data.normalize import Normalizer
-    from mdrn_edge.evaluate import evaluate, prepare_pairs, protocol_normalizer
+    from mdrn_edge.evaluate import evaluate, evaluate_native, prepare_pairs, protocol_normalizer
     from mdrn_edge.weights import default_model_name
 
     s = int(scale)
+    if uncertainty and not native:
+        raise InputError("--uncertainty applies to --native; add --native or leave it out")
     name = model_name or default_model_name(s, protocol=protocol)
+    if native and name == "bicubic":
+        raise InputError("--native checks a model's output; give --model (bicubic has no checks)")
     runner, normalizer = None, Normalizer()
     if name != "bicubic":
         require("torch", "train")
@@ -85,6 +93,11 @@ def evaluate_command(inputs, scale, model_name, protocol, degradation, apodizati
             if runner.scale != s:
                 raise InputError(f"{name}: is a x{runner.scale} model but --scale is {s}; give a x{s} model")
             normalizer = runner.info.normalizer
+        if native:
+            volume = read_volume(inputs)
+            with progress_bar(volume.n_slices, "eval", progress and not as_json) as bar:
+                result = evaluate_native(runner, volume, uncertainty, progress=lambda: bar.update(1))
+            return report_native(name, s, result, per_slice, as_json)
         pairs = prepare_pairs(read_volume(inputs), s, protocol, normalizer, degradation, apodization, lr_noise, seed)
         with progress_bar(len(pairs.lr), "eval", progress and not as_json) as bar:
             result = evaluate(runner, pairs, s, progress=lambda: bar.update(1))
@@ -104,8 +117,25 @@ def evaluate_command(inputs, scale, model_name, protocol, degradation, apodizati
     if result["bg_hf_ratio"] is not None:
         click.echo(f"  background texture (band-pass energy) vs ground truth: model {result['bg_hf_ratio']:.2f}x, "
                    f"bicubic {result['bicubic_bg_hf_ratio']:.2f}x (above 1: texture not in the patient)")
+    if "consistency_db" in result:
+        click.echo(f"  checks: consistency {result['consistency_db']:.1f} dB (lowest {result['min_consistency_db']:.1f}), "
+                   f"grid energy {result['grid_energy']:.3f} (highest {result['max_grid_energy']:.3f})")
     if result["n_dropped_blank"]:
         click.echo(f"  {result['n_dropped_blank']} blank slice(s) without signal dropped")
+
+
+def report_native(name: str, scale: int, result: dict, per_slice: bool, as_json: bool) -> None:
+    """``mdrn eval --native``'s output: the checks of the slices as acquired."""
+    result = {"model": name, "scale": scale, "native": True,
+              **{k: v for k, v in result.items() if per_slice or not k.startswith("per_slice")}}
+    if as_json:
+        emit_json(result)
+        return
+    spread = (f", uncertainty {result['uncertainty']:.4f} (highest {result['max_uncertainty']:.4f})"
+              if "uncertainty" in result else "")
+    click.echo(f"{name} x{scale} on {result['n_slices']} slices as acquired: consistency {result['consistency_db']:.1f} dB "
+               f"(lowest {result['min_consistency_db']:.1f}), grid energy {result['grid_energy']:.3f} (highest "
+               f"{result['max_grid_energy']:.3f}){spread}; {result['n_flagged']} flagged")
 
 
 @main.command(context_settings=SETTINGS)

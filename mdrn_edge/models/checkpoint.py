@@ -83,10 +83,12 @@ def checkpoint_info(ckpt: dict[str, Any], model: nn.Module, source: str | Path =
 
     Format 1 checkpoints carry no ``model_info``; theirs is rebuilt from their fields. A format 1 run trained
     with ``--protocol paper`` stored the percentile normaliser it never used: its per-slice min-max is restored.
+    Calibrated check thresholds travel on (they belong to the weights), into every file exported from it.
     """
+    checks: dict[str, Any] = {}
     if "model_info" in ckpt:
         stored = ModelInfo.from_dict(ckpt["model_info"], str(source))
-        normalizer, protocol, degradation = stored.normalizer, stored.protocol, stored.degradation
+        normalizer, protocol, degradation, checks = stored.normalizer, stored.protocol, stored.degradation, stored.checks
     else:
         protocol = ckpt.get("train_config", {}).get("protocol", "antialiased")
         try:
@@ -98,7 +100,7 @@ def checkpoint_info(ckpt: dict[str, Any], model: nn.Module, source: str | Path =
                        "lr_noise": tc.get("lr_noise", 0.0), "lr_noise_share": tc.get("lr_noise_share", 1.0)}
     provenance = {**ckpt.get("provenance", {}), "iteration": ckpt.get("iteration"), "metrics": ckpt.get("metrics", {})}
     return make_model_info(model, ckpt["arch"], normalizer, protocol, degradation, provenance=provenance,
-                           checkpoint_sha256=sha256)
+                           checkpoint_sha256=sha256, checks=checks)
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, dict[str, Any], ModelInfo]:
