@@ -32,6 +32,7 @@ def train_tiny(out: Path, scale: int = 4, iterations: int = 2, *extra: str) -> P
 
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def free_port() -> int:
@@ -94,3 +95,11 @@ def start_orthanc(folder: Path, aet: str = "ORTHANC", modalities: dict | None = 
     if not Path(ORTHANC).exists():
         pytest.skip(f"{ORTHANC} (Debian orthanc) is not installed; .ci/run installs it")
     return OrthancServer(folder, aet, free_port(), free_port(), modalities or {}, config=config).start()
+
+
+def start_dicomweb_orthanc(folder: Path, aet: str = "WEB", servers: dict | None = None, **kwargs) -> OrthancServer:
+    """A real Orthanc with Debian's DICOMweb plugin (``/dicom-web/``), optionally with DICOMweb servers to STOW to."""
+    if not Path(DICOMWEB_PLUGIN).exists():
+        pytest.skip(f"{DICOMWEB_PLUGIN} (Debian orthanc-dicomweb) is not installed; .ci/run installs it")
+    config = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers or {}}}
+    return start_orthanc(folder, aet, config=config, **kwargs)

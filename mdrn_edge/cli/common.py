@@ -24,7 +24,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except MdrnError as exc:
-            fail(str(exc), exc.exit_code, kwargs.get("as_json"))
+            fail(str(exc), exc.exit_code, kwargs.get("as_json"), details=getattr(exc, "details", None))
         except KeyboardInterrupt:  # asked for, not an error: said as such
             fail("interrupted; nothing partial was left under the output's name", INTERRUPTED_EXIT,
                  kwargs.get("as_json"), prefix="Stopped")
@@ -38,7 +38,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 # libraries that speak on their own (pydicom's "Invalid value for VR" warnings and decoder tracebacks, torch's
 # UserWarnings): their words never reach the user's terminal; ours say what matters in one line
-THIRD_PARTY_LOGGERS = ("py.warnings", "pydicom", "nibabel", "PIL", "onnxruntime", "openvino", "httpx", "pynetdicom")
+THIRD_PARTY_LOGGERS = ("py.warnings", "pydicom", "nibabel", "PIL", "onnxruntime", "openvino", "httpx", "pynetdicom",
+                       "urllib3", "retrying", "dicomweb_client")
 
 
 def quiet_third_party() -> None:
@@ -68,11 +69,13 @@ def say(text: str, err: bool = False) -> None:
     click.echo(printable(text), err=err)
 
 
-def fail(message: str, code: int, as_json: bool | None = None, prefix: str = "Error") -> None:
-    """One ``Error: ...`` line on stderr (and, with --json, ``{"error", "exit_code"}`` on stdout), then exit."""
+def fail(message: str, code: int, as_json: bool | None = None, prefix: str = "Error",
+         details: dict[str, Any] | None = None) -> None:
+    """One ``Error: ...`` line on stderr (and, with --json, ``{"error", "exit_code"}`` and the error's details, e.g.
+    a STOW's result per instance, on stdout), then exit."""
     click.echo(f"{prefix}: {printable(message)}", err=True)
     if as_json:  # on one line: mdrn-node's --json is one object per line
-        click.echo(strict_json({"error": message, "exit_code": code}, indent=None))
+        click.echo(strict_json({"error": message, "exit_code": code, **(details or {})}, indent=None))
     sys.exit(code)
 
 
@@ -205,3 +208,31 @@ def check_config(options: dict[str, Any]):
 
     return CheckConfig(mode=options.pop("checks"), enforce=options.pop("consistency") == "enforce",
                        tolerance_db=options.pop("consistency_tolerance"), ensemble=options.pop("ensemble"))
+
+
+def web_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """How DICOMweb servers are reached (:class:`~mdrn_edge.runtime.dicomweb.WebConfig`), for mdrn-infer and mdrn
+    send; the command receives them as keywords and builds the config with :func:`web_config`."""
+    from mdrn_edge.runtime.dicomweb import AUTH_ENV, RETRIES, TIMEOUT_S
+
+    options = [
+        click.option("--auth-file", type=click.Path(dir_okay=False),
+                     help=f"DICOMweb credentials: a file holding 'Bearer TOKEN' or 'Basic USER:PASSWORD'  [default: the "
+                          f"{AUTH_ENV} environment variable, in the same form]. Never on the command line."),
+        click.option("--ca-bundle", type=click.Path(dir_okay=False), help="PEM file of the CA that signed the DICOMweb server's certificate."),
+        click.option("--insecure", is_flag=True, help="Do not verify the DICOMweb server's TLS certificate (test networks only; says so)."),
+        click.option("--http-timeout", type=click.FloatRange(0.1, 3600), default=TIMEOUT_S, help="Seconds each DICOMweb request may take (connect, then read)."),
+        click.option("--http-retries", type=click.IntRange(0, 20), default=RETRIES, help="Further tries of a DICOMweb request after a connection error, a timeout or a 5xx, at once, then after waits doubling from 2 s (never after a 4xx)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def web_config(options: dict[str, Any]):
+    """The :class:`~mdrn_edge.runtime.dicomweb.WebConfig` of :func:`web_options`' values, taken out of ``options``."""
+    from mdrn_edge.runtime.dicomweb import WebConfig
+
+    return WebConfig(auth_file=options.pop("auth_file"), ca_bundle=options.pop("ca_bundle"),
+                     insecure=options.pop("insecure"), timeout=options.pop("http_timeout"),
+                     retries=options.pop("http_retries"))

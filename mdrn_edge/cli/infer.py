@@ -8,7 +8,7 @@ import click
 
 from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, check_config, check_options, emit_json, json_option, progress_bar, runtime_config,
-    runtime_options, say, setup_logging, stop_on_signals, user_errors, version_option,
+    runtime_options, say, setup_logging, stop_on_signals, user_errors, version_option, web_config, web_options,
 )
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.pipeline import CLIP_MODES
@@ -52,30 +52,33 @@ class TileParam(click.ParamType):
                    "format stores.")
 @click.option("--allow-missing", is_flag=True, help="Write a series even when some of its files cannot be read (empty, truncated, broken links); they are named. Without it such a series is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists (only once the new result is complete).")
-@click.option("--send", "send_to", metavar="AET@HOST:PORT", help="Also store the result in a PACS with DICOM C-STORE.")
+@click.option("--send", "send_to", metavar="AET@HOST:PORT|URL", help="Also store the result in a PACS: DICOM C-STORE to AET@HOST:PORT, or STOW-RS to a DICOMweb service root (https://HOST/dicom-web).")
 @click.option("--calling-aet", metavar="AET", help="Our AE title towards the PACS (C-ECHO and C-STORE), for a PACS that accepts only known senders  [default: MDRN_EDGE].")
+@web_options
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
 def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to,
             calling_aet, progress, as_json, **runtime):
-    """Super-resolve INPUTS (a DICOM folder, DICOM files or a NIfTI file) into a new DICOM series or NIfTI file.
+    """Super-resolve INPUTS (a DICOM folder, DICOM files, a NIfTI file, or a DICOMweb study or series URL read by
+    WADO-RS, https://HOST/dicom-web/studies/S[/series/R]) into a new DICOM series or NIfTI file.
 
     A folder with several series (a whole study) is handled series by series, each into its own folder under
     --output. Inputs are never modified; the output appears only once complete.
     """
     from mdrn_edge.runtime import super_resolve
-    from mdrn_edge.runtime.pacs import Destination
+    from mdrn_edge.runtime.pacs import parse_destination
 
     setup_logging()
     stop_on_signals()
     if calling_aet and not send_to:
         raise InputError("--calling-aet is our AE title towards the PACS of --send; add --send or leave it out")
-    send_to = Destination.parse(send_to, calling=calling_aet) if send_to else None
+    web = web_config(runtime)
+    send_to = parse_destination(send_to, calling_aet, web) if send_to else None
     checks = check_config(runtime)
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, checks=checks,
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
-                           nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to,
+                           nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to, web=web,
                            progress=lambda total, desc: progress_bar(total, desc, progress and not as_json))
     if result.skipped:  # on stderr with --json too: what was left out (a missing slice) is never silent
         say(result.skipped, err=True)

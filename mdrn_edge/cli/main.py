@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineGroup, emit_json, json_option, progress_bar, user_errors, version_option,
+    SETTINGS, OneLineGroup, emit_json, json_option, progress_bar, user_errors, version_option, web_config, web_options,
 )
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
@@ -153,24 +153,25 @@ def sample(folder: str) -> None:
 @main.command(context_settings=SETTINGS)
 @version_option
 @click.argument("output", type=click.Path(exists=True, file_okay=False))
-@click.option("--to", "dest", required=True, metavar="AET@HOST:PORT", help="The PACS to store the series in (C-STORE).")
+@click.option("--to", "dest", required=True, metavar="AET@HOST:PORT|URL", help="The PACS to store the series in: C-STORE to AET@HOST:PORT, or STOW-RS to a DICOMweb service root (https://HOST/dicom-web).")
 @click.option("--calling-aet", metavar="AET", help="Our AE title towards the PACS  [default: MDRN_EDGE].")
+@web_options
 @json_option
 @user_errors
-def send(output: str, dest: str, calling_aet: str | None, as_json: bool) -> None:
+def send(output: str, dest: str, calling_aet: str | None, as_json: bool, **web) -> None:
     """Store an existing mdrn-infer OUTPUT (every series in it) in a PACS, without recomputing it.
 
-    The PACS is checked with C-ECHO first; connections time out and are retried with backoff.
+    The PACS is checked first (C-ECHO, or a QIDO-RS search); connections time out and are retried with backoff.
     """
-    from mdrn_edge.runtime.pacs import Destination, echo, send_output
+    from mdrn_edge.runtime.pacs import parse_destination
 
-    to = Destination.parse(dest, "--to", calling_aet)
-    echo(to)
-    sent = send_output(Path(output), to)
+    to = parse_destination(dest, calling_aet, web_config(web), "--to")
+    to.check()
+    sent = to.send(Path(output))
     if as_json:
-        emit_json({"output": output, "sent": sent, "to": str(to)})
+        emit_json({"output": output, "sent": sent["stored"], "to": str(to), "send": sent})
     else:
-        click.echo(f"stored {sent} files from {output} in {to}")
+        click.echo(f"stored {sent['stored']} files from {output} in {to}")
 
 
 def _add_tools() -> None:

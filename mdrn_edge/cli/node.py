@@ -63,7 +63,7 @@ def _line(event: dict) -> str:
 @click.option("--password", envvar="MDRN_NODE_PASSWORD", help="Orthanc password (or the MDRN_NODE_PASSWORD environment variable).")
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), default="4", help="Upscaling factor (picks the shipped model).")
 @click.option("--model", help="An .onnx or .engine file, or a shipped name  [default: mdrn-x{scale}].")
-@click.option("--forward", metavar="MODALITY", help="Orthanc modality (declared in its DicomModalities) to C-STORE each derived series to.")
+@click.option("--forward", metavar="NAME", help="Where Orthanc sends each derived series: a modality of its DicomModalities (C-STORE) or a server of its DicomWeb.Servers (STOW-RS, Orthanc's DICOMweb plugin).")
 @click.option("--rules", "rules_file", type=click.Path(dir_okay=False), help="JSON rules: modalities, series_description (regex), body_parts, min_matrix, max_matrix, flagged (hold|forward)  [default: MR, single-frame, 16..2048, hold].")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default="mdrn-node-state", help="Folder for the node's SQLite state, audit.jsonl and work files.")
 @click.option("--once", is_flag=True, help="Handle what is pending, wait for the forwards (--forward-wait), and exit (tests, cron).")
@@ -86,7 +86,8 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     First setup:
       1. Orthanc (apt install orthanc): in its configuration set "StableAge" (seconds without new instances
          before a series counts as complete, e.g. 10) and declare the PACS in "DicomModalities",
-         e.g. "PACS": ["PACS", "10.0.0.5", 104]. Point the scanner's DICOM export at Orthanc.
+         e.g. "PACS": ["PACS", "10.0.0.5", 104], or a DICOMweb archive in "DicomWeb": {"Servers": {"ARCHIVE":
+         ["https://archive/dicom-web/"]}} (apt install orthanc-dicomweb). Point the scanner's DICOM export at Orthanc.
       2. mdrn-node --orthanc http://127.0.0.1:8042 --forward PACS --state /var/lib/mdrn-node
     Progress lives in --state: a restarted node resumes where it stopped and never processes or forwards a
     series twice. One status line per series on stdout (--json: one JSON object per line); audit.jsonl keeps
@@ -105,9 +106,10 @@ def command(url, user, password, scale, model, forward, rules_file, state_dir, o
     say = (lambda event: click.echo(strict_json(event, indent=None))) if as_json else (lambda event: say_line(_line(event)))
     orthanc = Orthanc(url, user, password)
     wait_for(orthanc, once, interval, say)  # at boot Orthanc may start after the node
-    if forward and forward not in orthanc.modalities():
-        raise InputError(f"--forward {forward}: not a modality of Orthanc {url} (it has {orthanc.modalities()}); "
-                         "declare it in Orthanc's DicomModalities")
+    if forward and forward not in orthanc.destinations():
+        raise InputError(f"--forward {forward}: neither a modality nor a DICOMweb server of Orthanc {url} (it has "
+                         f"{orthanc.destinations()}); declare it in Orthanc's DicomModalities (C-STORE) or DicomWeb.Servers "
+                         "(STOW-RS)")
     state = NodeState(state_dir)
     if retry_failed:
         again = state.retry_failed()

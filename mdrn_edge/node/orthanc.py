@@ -1,5 +1,6 @@
 """The few Orthanc REST calls the node needs, over httpx: the changes feed, series and instances, upload, and
-store jobs to a declared modality (Orthanc does the DICOM networking and keeps each job's status)."""
+store jobs to a declared modality (C-STORE) or DICOMweb server (STOW-RS, Orthanc's DICOMweb plugin): Orthanc does
+the networking and keeps each job's status."""
 
 from __future__ import annotations
 
@@ -82,10 +83,28 @@ class Orthanc:
     def modalities(self) -> list[str]:
         return list(self.get("/modalities"))
 
-    def store(self, modality: str, resource_id: str) -> str:
-        """Start an asynchronous C-STORE job of a resource to a declared modality; returns the job id."""
-        answer = self._call("POST", f"/modalities/{modality}/store",
-                            json={"Resources": [resource_id], "Asynchronous": True}).json()
+    def dicomweb_servers(self) -> list[str]:
+        """The DICOMweb servers declared in Orthanc's ``DicomWeb.Servers`` (none without the DICOMweb plugin)."""
+        try:
+            return list(self.get("/dicom-web/servers"))
+        except OrthancError as exc:
+            if " 404 " in str(exc):  # no DICOMweb plugin: no servers
+                return []
+            raise
+
+    def destinations(self) -> list[str]:
+        """Where the node can forward: modalities (C-STORE) and DICOMweb servers (STOW-RS)."""
+        return self.modalities() + self.dicomweb_servers()
+
+    def store(self, destination: str, resource_id: str) -> str:
+        """Start an asynchronous job sending a resource to a declared modality (C-STORE) or, where ``destination``
+        is a DICOMweb server of Orthanc's, by STOW-RS; returns the job id."""
+        if destination in self.dicomweb_servers():
+            answer = self._call("POST", f"/dicom-web/servers/{destination}/stow",
+                                json={"Resources": [resource_id], "Synchronous": False}).json()
+        else:
+            answer = self._call("POST", f"/modalities/{destination}/store",
+                                json={"Resources": [resource_id], "Asynchronous": True}).json()
         return str(answer["ID"])
 
     def job(self, job_id: str) -> dict[str, Any]:

@@ -57,6 +57,27 @@ class Destination:
         calling = f" --calling-aet {self.calling}" if self.calling != CALLING_AET else ""
         return f"mdrn send {folder} --to {self}{calling}"
 
+    def check(self) -> None:
+        """Before any inference: the PACS answers (:func:`echo`)."""
+        echo(self)
+
+    def send(self, folder: Path) -> dict:
+        """Store the output folder (:func:`send_output`); what was stored."""
+        return {"protocol": "C-STORE", "destination": str(self), "stored": send_output(folder, self)}
+
+
+def parse_destination(text: str, calling: str | None = None, web=None, option: str = "--send"):
+    """``AET@HOST:PORT`` (C-STORE, :class:`Destination`) or a DICOMweb URL (STOW-RS,
+    :class:`~mdrn_edge.runtime.dicomweb.WebDestination` with ``web``, its
+    :class:`~mdrn_edge.runtime.dicomweb.WebConfig`): both check the server and send a folder alike."""
+    from mdrn_edge.runtime.dicomweb import WebConfig, WebDestination, is_url
+
+    if is_url(text):
+        if calling:
+            raise InputError(f"--calling-aet is a DIMSE AE title; {option} {text.split('?')[0]} is DICOMweb: leave it out")
+        return WebDestination.parse(text, web or WebConfig(), option)
+    return Destination.parse(text, option, calling)
+
 
 def _associate(dest: Destination, contexts: list[tuple[str, str]] | None, timeout: float, retries: int):
     """An established association, trying ``retries`` times with doubling waits; a host that does not resolve is

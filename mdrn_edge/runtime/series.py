@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from mdrn_edge.errors import InputError, printable
 from mdrn_edge.hardware import peak_rss_mb
 from mdrn_edge.runtime.checks import CheckConfig, SliceChecker, summarize, thresholds_of
 from mdrn_edge.runtime.config import RuntimeConfig
+from mdrn_edge.runtime.dicomweb import WebConfig, is_url
 from mdrn_edge.runtime.tiling import MIN_TILE
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class InferResult:
     tile: int | str | None
     series: list[dict[str, Any]] = field(default_factory=list)
     sent: int | None = None
+    send: dict[str, Any] | None = None  # what the PACS said: C-STORE's count, STOW-RS's result per instance
     skipped: str = ""  # what reading left out (non-DICOM files, earlier mdrn-edge outputs), in one line
     peak_rss_mb: float | None = None  # this process's peak memory so far (sizing a Jetson)
     checks: dict[str, Any] = field(default_factory=dict)  # every series' slices together (runtime.checks.summarize)
@@ -102,15 +105,17 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
                   nifti_dtype: str = "keep", overwrite: bool = False, send_to: "str | Destination | None" = None,
                   clip: str = "series", allow_missing: bool = False, checks: CheckConfig = CheckConfig(),
-                  progress: Progress = _no_progress) -> InferResult:
+                  web: WebConfig = WebConfig(), progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``
     (a new folder of derived DICOM series, or a ``.nii``/``.nii.gz`` file for NIfTI input).
 
     ``model`` is an ``.onnx``/``.engine`` file or a shipped name (default: the shipped MDRN for ``scale``, x4);
     ``runtime`` says which backend runs it, where and in which precision (default: the fastest gated one here).
-    A study is written series by series, each into its own folder. With ``send_to`` (``AET@HOST:PORT``, or a
-    :class:`~mdrn_edge.runtime.pacs.Destination` with its calling AE title) the result is also stored in a PACS by
-    C-STORE. Values come back in the input's stored units; ``clip`` (see
+    An input may also be a DICOMweb study or series URL, retrieved by WADO-RS. A study is written series by series,
+    each into its own folder. With ``send_to`` (``AET@HOST:PORT`` or a
+    :class:`~mdrn_edge.runtime.pacs.Destination` with its calling AE title: C-STORE; a DICOMweb URL or a
+    :class:`~mdrn_edge.runtime.dicomweb.WebDestination`: STOW-RS) the result is also stored in a PACS, which is
+    asked first; ``web`` says how DICOMweb servers are reached (credentials, TLS, timeouts). Values come back in the input's stored units; ``clip`` (see
     :func:`~mdrn_edge.runtime.pipeline.super_resolve_volume`) bounds them to the series' own range. A file that
     should be a slice and cannot be read refuses the run, unless ``allow_missing``: then it is left out and named
     in the result's ``skipped``. ``checks`` says how each output slice is checked against its input (consistency,
@@ -124,12 +129,14 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     from mdrn_edge.data.writers import DicomSeriesWriter, check_derivable, is_our_nifti, write_nifti
     from mdrn_edge.fileio import check_output_path, file_sha256, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
-    from mdrn_edge.runtime.pacs import Destination, echo, send_output
+    from mdrn_edge.runtime.dicomweb import WebResource, retrieve
+    from mdrn_edge.runtime.pacs import parse_destination
     from mdrn_edge.runtime.pipeline import super_resolve_volume
 
     t0 = time.perf_counter()
     inputs = [str(p) for p in inputs]
-    dest = (send_to if isinstance(send_to, Destination) else Destination.parse(send_to)) if send_to else None
+    sources = [WebResource.parse(i) if is_url(i) else None for i in inputs]
+    dest = parse_destination(send_to, web=web) if isinstance(send_to, str) else send_to
     if isinstance(tile, int) and 0 < tile < MIN_TILE:
         raise InputError(f"--tile {tile} is too small; use at least {MIN_TILE} (and more than --overlap), or auto")
     out = Path(output)
@@ -138,15 +145,22 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
         raise InputError("NIfTI input: give one .nii/.nii.gz file and an --output ending in .nii or .nii.gz")
     if not nifti and is_nifti(out):
         raise InputError(f"{out}: a NIfTI file name, but the input is DICOM; give a folder for the DICOM series")
-    check_output_path(out, inputs, overwrite, is_our_nifti)
-    if dest:
-        echo(dest)  # before any inference: a PACS that cannot receive is found now, not after the work
+    check_output_path(out, [i for i, web_source in zip(inputs, sources) if not web_source], overwrite, is_our_nifti)
     if dest and nifti:
         raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
+    if dest:
+        dest.check()  # before any inference: a PACS that cannot receive is found now, not after the work
     path = resolve_model_file(str(model) if model else None, scale)
     runner = create_runner(path, runtime)
     skipped: Counter = Counter()
-    volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(inputs, skipped, allow_missing)
+    near = out.parent if out.parent.is_dir() else None  # WADO-RS downloads, removed once read
+    with (tempfile.TemporaryDirectory(prefix=".mdrn-wado-", dir=near) if any(sources) else contextlib.nullcontext("")) as fetched:
+        local = [str(Path(fetched) / f"{k:02d}") if web_source else i
+                 for k, (i, web_source) in enumerate(zip(inputs, sources))]
+        for folder, web_source in zip(local, sources):
+            if web_source:
+                retrieve(web_source, Path(folder), web)
+        volumes = [read_nifti(inputs[0])] if nifti else read_dicom_study(local, skipped, allow_missing)
     series, n_slices, all_checks, slices = [], 0, [], []
     with runner:
         if scale and int(scale) != runner.scale:
@@ -188,10 +202,10 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
             else:
                 publish_dir(tmp, out, overwrite, {"tool": "mdrn-infer", "model": runner.info.name,
                                                   "inputs": inputs, "series": series})
-    sent = send_output(out, dest) if dest else None
+    sent = dest.send(out) if dest else None
     return InferResult(output=str(out), n_slices=n_slices, backend=runner.backend, precision=desc["precision"],
                        precision_reason=desc.get("precision_reason", ""), provider=desc.get("provider"),
                        providers_tried=desc.get("providers_tried"), model=runner.info.name, model_file=str(path),
                        scale=runner.scale, seconds=round(time.perf_counter() - t0, 2), tile=tile, series=series,
-                       sent=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1),
+                       sent=sent["stored"] if sent else None, send=sent, skipped=skipped_line(skipped), peak_rss_mb=round(peak_rss_mb(), 1),
                        checks=summarize(all_checks, thresholds_of(runner.info)), slices=slices)
