@@ -100,7 +100,8 @@ def verify(path: Path) -> dict[str, dict]:
 
 
 def store(path: Path, limits: dict) -> None:
-    """Write ``limits`` into the ONNX file's model info (``checks``) and its checkpoint's, atomically."""
+    """Write ``limits`` into the ONNX file's model info (``checks``) and its checkpoint's, atomically; files that
+    already hold them are left as they are."""
     import dataclasses
 
     import onnx
@@ -109,16 +110,18 @@ def store(path: Path, limits: dict) -> None:
     from mdrn_edge.fileio import atomic_path, file_sha256
 
     proto = onnx.load(str(path))
-    if read_metadata(proto, str(path)).checks == limits:
-        return
-    info = dataclasses.replace(read_metadata(proto, str(path)), checks=limits)
+    before = read_metadata(proto, str(path))
+    info = dataclasses.replace(before, checks=limits)
     checkpoint = path.with_suffix(".pt")
     if checkpoint.exists():
         from mdrn_edge.models.checkpoint import atomic_save, load_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
-        atomic_save({**ckpt, "model_info": {**ckpt["model_info"], "checks": limits}}, checkpoint)
+        if ckpt["model_info"].get("checks") != limits:
+            atomic_save({**ckpt, "model_info": {**ckpt["model_info"], "checks": limits}}, checkpoint)
         info = dataclasses.replace(info, checkpoint_sha256=file_sha256(checkpoint))
+    if info == before:
+        return
     set_metadata(proto, info)
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
