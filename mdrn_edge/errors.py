@@ -14,6 +14,8 @@ its traceback. Every exit code is here, in one place:
  7    TensorRT could not build an engine         :class:`EngineBuildError`
  8    the PACS refused or could not be reached   :class:`PacsError`
  9    the output was taken during the run        :class:`OutputConflict`
+ 10   the inference server (Triton) refused or   :class:`InferenceServerError`
+      could not be reached
  130  interrupted (Ctrl-C or SIGTERM); partial outputs were removed
 ====  =====================================================================================
 """
@@ -104,6 +106,12 @@ class PacsError(MdrnError):
     """The PACS could not be reached or refused the series; the local output is kept."""
 
     exit_code = 8
+
+
+class InferenceServerError(MdrnError):
+    """A Triton server could not be reached, stopped answering, or refused a model or a request."""
+
+    exit_code = 10
 
 
 class PathRefused(MdrnError):

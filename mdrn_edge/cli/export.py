@@ -9,7 +9,7 @@ import click
 from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, emit_json, json_option, stop_on_signals, user_errors, version_option,
 )
-from mdrn_edge.errors import MissingDependencyError
+from mdrn_edge.errors import InputError, MissingDependencyError
 from mdrn_edge.runtime.base import DEFAULT_PROFILE
 
 
@@ -40,12 +40,16 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--check-data", multiple=True, help="Real HR slices of one series (DICOM/NIfTI) for the checks  [default: the bundled sample, plus pydicom-data's MR slices where installed].")
 @click.option("--max-psnr-drop", type=float, default=0.05, help="Largest FP16 PSNR loss (dB) against FP32 before the export fails.")
 @click.option("--max-int8-psnr-drop", type=float, default=0.1, help="Largest INT8 PSNR loss (dB) against FP32, on held-apart slices, before the export fails.")
+@click.option("--triton", is_flag=True, help="Also write a Triton model repository (OUTPUT/triton): the ONNX model for Triton's ONNX Runtime backend (with --fp16/--int8 its TensorRT accelerator in that precision) and the engine, where built, as a TensorRT plan; configs checked with Triton's schema.")
+@click.option("--triton-max-batch", type=click.IntRange(1, 1024), default=8, help="With --triton: the largest batch Triton's dynamic batcher forms.")
+@click.option("--triton-instances", type=click.IntRange(1, 64), default=1, help="With --triton: model instances per device.")
+@click.option("--triton-device", type=click.Choice(["gpu", "cpu"]), default="gpu", help="With --triton: where the instances run.")
 @click.option("--overwrite", is_flag=True, help="Replace same-named files of an earlier mdrn-export in --output (never other files).")
 @json_option
 @user_errors
 def command(model, output, fp16, int8, openvino, calibration, engine, opset, min_shape, opt_shape, max_shape, workspace,
             timing_cache, version_compatible, exclude_lean_runtime, dla_core, opt_level, check_data, max_psnr_drop,
-            max_int8_psnr_drop, overwrite, as_json):
+            max_int8_psnr_drop, triton, triton_max_batch, triton_instances, triton_device, overwrite, as_json):
     """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
 
     MODEL is a checkpoint (.pt), a shipped name (mdrn-x4) or, on a device without PyTorch (a Jetson), an
@@ -53,14 +57,20 @@ def command(model, output, fp16, int8, openvino, calibration, engine, opset, min
     """
     from mdrn_edge.engines.tensorrt import Profile
     from mdrn_edge.export import ExportConfig, export, summarize
+    from mdrn_edge.export.triton import TritonOptions
 
     stop_on_signals()
+    if not triton and (triton_max_batch != 8 or triton_instances != 1 or triton_device != "gpu"):
+        raise InputError("--triton-max-batch, --triton-instances and --triton-device shape the Triton repository; add "
+                         "--triton or leave them out")
+    repository = TritonOptions(max_batch=triton_max_batch, instances=triton_instances,
+                               kind=f"KIND_{triton_device.upper()}") if triton else None
     cfg = ExportConfig(fp16=fp16, int8=int8, openvino=openvino, calibration=calibration, engine=engine, opset=opset,
                        profile=Profile.parse(min_shape, opt_shape, max_shape), workspace_mb=workspace,
                        timing_cache=Path(timing_cache) if timing_cache else None, version_compatible=version_compatible,
                        exclude_lean_runtime=exclude_lean_runtime, opt_level=opt_level, dla_core=dla_core,
                        check_data=check_data, max_psnr_drop=max_psnr_drop, max_int8_psnr_drop=max_int8_psnr_drop,
-                       overwrite=overwrite)
+                       triton=repository, overwrite=overwrite)
     artifacts = export(model, output, cfg, progress=None if as_json else lambda step: click.echo(f"- {step} ...", err=True))
     if as_json:
         emit_json(summarize(model, artifacts))
@@ -74,6 +84,9 @@ def command(model, output, fp16, int8, openvino, calibration, engine, opset, min
 def _table(artifacts) -> None:
     click.echo(f"{'file':<34} {'size MB':>8} {'precision':>9} {'max err':>9} {'PSNR drop':>10}  status")
     for a in artifacts:
+        if a.format == "triton":
+            _row(f"{a.path.name}/ ({', '.join(a.checks['models'])})", "-", a.precision, None, None, "ok")
+            continue
         if a.format == "openvino" and not a.skipped:  # one row per gated precision, in the file it was recorded in
             for precision, gate in a.checks.items():
                 _row(f"(openvino {precision})", "-", precision, gate.get("max_abs_err"), gate.get("psnr_drop_db"),

@@ -12,6 +12,7 @@ from mdrn_edge.cli.common import (
 )
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.pipeline import CLIP_MODES
+from mdrn_edge.runtime.triton import is_triton
 from mdrn_edge.runtime.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, MIN_TILE
 
 
@@ -36,7 +37,7 @@ class TileParam(click.ParamType):
 @version_option
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="New folder (DICOM) or .nii/.nii.gz file (NIfTI) to write.")
-@click.option("--model", help="An .onnx or .engine file, or a shipped name (mdrn-x2, mdrn-x4, mdrn-x8)  [default: mdrn-x{scale}].")
+@click.option("--model", help="An .onnx or .engine file, a shipped name (mdrn-x2, mdrn-x4, mdrn-x8), or a model served by Triton: triton://HOST:PORT/NAME (HTTP) or grpc://HOST:PORT/NAME  [default: mdrn-x{scale}].")
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Pick the shipped model for this scale (the model file carries its scale)  [default: 4].")
 @runtime_options
 @check_options
@@ -86,7 +87,8 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
         emit_json(result.to_dict())
         return
     tried = result.providers_tried
-    say(f"model {result.model} ({Path(result.model_file).name}), backend {result.backend} {result.precision}"
+    shown = result.model_file if is_triton(result.model_file) else Path(result.model_file).name
+    say(f"model {result.model} ({shown}), backend {result.backend} {result.precision}"
                + (f" ({result.precision_reason})" if result.precision_reason else "")
                + (f" on {result.provider} (order tried: {' -> '.join(tried)})" if tried else f" on {result.provider}"),
                err=True)

@@ -176,9 +176,9 @@ def send(output: str, dest: str, calling_aet: str | None, as_json: bool, **web) 
 
 def _add_tools() -> None:
     """The stand-alone tools are sub-commands too: ``mdrn train`` == ``mdrn-train``."""
-    from mdrn_edge.cli import bench, export, infer, node, train
+    from mdrn_edge.cli import bench, export, infer, node, serve, train
 
-    for module in (train, export, infer, bench, node):
+    for module in (train, export, infer, bench, node, serve):
         main.add_command(module.command)
 
 

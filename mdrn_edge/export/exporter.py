@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +21,7 @@ from mdrn_edge.engines.tensorrt import EngineOptions, Profile
 from mdrn_edge.errors import InputError, MdrnError, require
 from mdrn_edge.evaluate import EvalPairs
 from mdrn_edge.export.artifact import Artifact
+from mdrn_edge.export.triton import REPOSITORY, TritonOptions
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import DEFAULT_PROFILE, Runner
 
@@ -50,6 +51,7 @@ class ExportConfig:
     max_psnr_drop: float = 0.05
     max_int8_psnr_drop: float = 0.1
     openvino: bool = False  # gate OpenVINO's BF16 (and INT8) on the check slices and record the result in the files
+    triton: TritonOptions | None = None  # also write a Triton model repository (export/triton.py)
     overwrite: bool = False  # replace same-named files an earlier mdrn-export wrote (never anyone else's)
 
     @property
@@ -76,7 +78,8 @@ class ExportConfig:
 
     def formats(self) -> list[str]:
         return ["onnx", *(["onnx_fp16"] if self.fp16 else []), *(["onnx_int8"] if self.int8 else []),
-                *(["openvino"] if self.openvino else []), *(["engine"] if self.engine is not False else [])]
+                *(["openvino"] if self.openvino else []), *(["engine"] if self.engine is not False else []),
+                *(["triton"] if self.triton else [])]
 
 
 @dataclass
@@ -290,12 +293,39 @@ def export_engine(job: ExportJob) -> Artifact:
 
 
 # name -> (what it writes, the function); the CLI, the benchmarks and the summary all read this one table.
+@_timed("triton")
+def export_triton(job: ExportJob) -> Artifact:
+    """A Triton model repository: the FP32 ONNX (ONNX Runtime backend; with --fp16/--int8, its TensorRT accelerator
+    in that precision with the engine profile's shapes) and, where an engine was built, the plan (TensorRT backend,
+    the TensorRT version that built it recorded): each config checked by Triton's schema."""
+    from mdrn_edge.export.triton import write_model
+
+    repository = job.stage / REPOSITORY
+    options, info = job.cfg.triton, job.info
+    precision = {"fp16": "FP16", "int8": "INT8"}.get(job.cfg.engine_precision, options.tensorrt_precision)
+    onnx_options = replace(options, tensorrt_precision=precision) if options.kind == "KIND_GPU" else options
+    profile = (job.cfg.profile.min, job.cfg.profile.opt, job.cfg.profile.max)
+    models = [write_model(repository, info.name, "onnxruntime_onnx", job.artifacts["onnx"].path, info, onnx_options,
+                          profile)]
+    engine = job.artifacts.get("engine")
+    if engine and engine.path and not engine.skipped:
+        from mdrn_edge.runtime.sidecar import read_sidecar
+
+        built = str(read_sidecar(engine.path).get("tensorrt_version"))
+        models.append(write_model(repository, f"{info.name}-trt", "tensorrt_plan", engine.path,
+                                  info.with_precision(engine.precision), replace(options, tensorrt_precision=None),
+                                  parameters={"tensorrt_version": built}))
+    return Artifact("triton", repository, "fp32", {"models": [m.name for m in models], "max_batch": options.max_batch,
+                                                   "instances": options.instances, "tensorrt_accelerator": precision})
+
+
 FORMATS: dict[str, tuple[str, Callable[[ExportJob], Artifact]]] = {
     "onnx": ("FP32 ONNX, dynamic batch/H/W, checked against PyTorch", export_onnx_fp32),
     "onnx_fp16": ("FP16 ONNX, FP16-unsafe layers in FP32, PSNR-gated", export_onnx_fp16),
     "onnx_int8": ("INT8 Q/DQ ONNX calibrated on real MRI, PSNR-gated on held-apart slices", export_onnx_int8),
     "openvino": ("OpenVINO BF16 (and INT8) gated on real MRI, recorded in the ONNX files", export_openvino),
     "engine": ("TensorRT engine + JSON sidecar, PSNR-gated", export_engine),
+    "triton": ("Triton model repository (ONNX Runtime; the engine as a TensorRT plan), configs checked by Triton's schema", export_triton),
 }
 
 
@@ -342,6 +372,11 @@ def written_by_us(path: Path) -> bool:
     from mdrn_edge.runtime.sidecar import SIDECAR_FORMAT, sidecar_path
 
     try:
+        if path.is_dir():  # a Triton repository: every model folder's config carries our model info
+            from mdrn_edge.export.triton import info_of, parse_config
+
+            configs = list(path.glob("*/config.pbtxt"))
+            return bool(configs) and all(info_of(parse_config(c.read_text(), str(c)), str(c)) for c in configs)
         if path.suffix == ".onnx":
             import onnx
 
@@ -373,6 +408,12 @@ def _publish(stage: Path, output: Path, overwrite: bool) -> None:
     files = sorted(stage.iterdir())
     check_targets(output, [f.name for f in files], overwrite)
     for f in files:
+        if f.is_dir() and (output / f.name).is_dir():  # an earlier repository (check_targets allowed it): set aside
+            old = Path(tempfile.mkdtemp(prefix=f".{f.name}.replaced-", dir=output))
+            os.replace(output / f.name, old / f.name)
+            os.replace(f, output / f.name)
+            shutil.rmtree(old, ignore_errors=True)
+            continue
         os.replace(f, output / f.name)
 
 
@@ -389,7 +430,8 @@ def export(source: str | Path, output_dir: str | Path, cfg: ExportConfig = Expor
     path, info, net = load_source(source)
     output = Path(output_dir)
     check_targets(output, [f"{info.name}.onnx", *([f"{info.name}.fp16.onnx"] if cfg.fp16 else []),
-                           *([f"{info.name}.int8.onnx"] if cfg.int8 else [])], cfg.overwrite)
+                           *([f"{info.name}.int8.onnx"] if cfg.int8 else []), *([REPOSITORY] if cfg.triton else [])],
+                  cfg.overwrite)
     stage, made = _stage_dir(output)
     job, published = None, False
     try:
@@ -433,5 +475,6 @@ def summarize(source: str | Path, artifacts: list[Artifact]) -> dict[str, Any]:
         "openvino_gates": (openvino.skipped or openvino.checks) if openvino else None,
         "engine": str(engine.path) if engine and engine.path else None,
         "engine_skipped_reason": engine.skipped if engine else "--no-engine",
+        "triton": str(by["triton"].path) if "triton" in by else None,
         "artifacts": [a.to_dict() for a in artifacts],
     }

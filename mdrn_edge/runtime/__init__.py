@@ -12,16 +12,20 @@ from pathlib import Path
 from mdrn_edge.errors import InputError, ModelFileError
 from mdrn_edge.runtime.base import InferenceError, Runner
 from mdrn_edge.runtime.config import BACKENDS, PRECISIONS, RuntimeConfig
+from mdrn_edge.runtime.triton import TritonAddress, is_triton
 
 log = logging.getLogger(__name__)
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
-def resolve_model_file(model: str | None, scale: int | None) -> Path:
-    """A model file, a shipped name (``mdrn-x4``) or None (the shipped MDRN for ``scale``, default x4)."""
+def resolve_model_file(model: str | None, scale: int | None) -> "Path | TritonAddress":
+    """A model file, a shipped name (``mdrn-x4``) or None (the shipped MDRN for ``scale``, default x4); a
+    Triton-served model (``triton://HOST:PORT/NAME``, ``grpc://...``) is its address."""
     from mdrn_edge.weights import default_model_name, resolve_model
 
+    if is_triton(model):
+        return TritonAddress.parse(str(model))
     name = model or default_model_name(scale or 4)
     return resolve_model(name, ".onnx")
 
@@ -51,9 +55,16 @@ def choose_backend(path: Path, config: RuntimeConfig) -> str:
     return "onnxruntime"
 
 
-def create_runner(path: Path, config: RuntimeConfig = RuntimeConfig()) -> Runner:
+def create_runner(path: "Path | TritonAddress", config: RuntimeConfig = RuntimeConfig()) -> Runner:
     """The runner for a model file and a :class:`RuntimeConfig`: engines run natively on TensorRT, ONNX files on
-    OpenVINO or ONNX Runtime (``auto``: :func:`choose_backend`)."""
+    OpenVINO or ONNX Runtime (``auto``: :func:`choose_backend`), a Triton address on its server."""
+    if isinstance(path, TritonAddress):
+        if config.backend != "auto" or config.precision != "auto" or config.device != "auto":
+            raise InputError(f"{path}: a Triton-served model runs where and how its server runs it; leave out "
+                             "--backend, --precision and --device")
+        from mdrn_edge.runtime.triton import TritonRunner
+
+        return TritonRunner(path)
     is_engine = path.suffix in ENGINE_SUFFIXES
     if (config.allow_host_code or config.lean_runtime) and not is_engine:
         raise InputError(f"{path}: --allow-host-code and --lean-runtime apply to TensorRT engines (.engine), not to "

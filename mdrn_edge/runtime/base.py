@@ -109,6 +109,12 @@ class Runner(ABC):
         assert self.info is not None, "activate_impl must set self.info"
         return int(self.info.scale)
 
+    def model_sha256(self) -> str:
+        """The SHA-256 of the model file this runner runs (what the derived DICOM names as its equipment)."""
+        from mdrn_edge.fileio import file_sha256
+
+        return file_sha256(self.path)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "path": str(self.path), "model": self.info.name if self.info else None,
                 "precision": self.info.precision if self.info else None}

@@ -127,7 +127,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
     from mdrn_edge.data.nifti import is_nifti, read_nifti
     from mdrn_edge.data.writers import DicomSeriesWriter, check_derivable, is_our_nifti, write_nifti
-    from mdrn_edge.fileio import check_output_path, file_sha256, publish_dir, publish_file, staged
+    from mdrn_edge.fileio import check_output_path, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
     from mdrn_edge.runtime.dicomweb import WebResource, retrieve
     from mdrn_edge.runtime.pacs import parse_destination
@@ -168,8 +168,8 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
         for volume in volumes if not nifti else []:  # every series checked before any inference
             check_derivable(volume, runner.scale)
         desc = runner.describe()
-        model_sha256 = file_sha256(path)
-        log.info("model %s (%s), backend %s %s on %s", runner.info.name, path.name, runner.backend, desc["precision"],
+        model_sha256 = runner.model_sha256()
+        log.info("model %s (%s), backend %s %s on %s", runner.info.name, path, runner.backend, desc["precision"],
                  desc.get("provider"))
         with staged(out, directory=not nifti) as tmp:
             for i, volume in enumerate(volumes):
