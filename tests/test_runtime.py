@@ -184,14 +184,16 @@ def test_batches_and_tiles_stay_within_an_engine_profile():
 
 
 def test_a_pycuda_that_cannot_create_a_context_is_one_line_not_a_traceback(tmp_path, monkeypatch):
-    """pycuda.autoinit raises its own RuntimeError on a machine without a usable GPU ("cuInit failed: no
-    CUDA-capable device is detected"); the adapter turns it into a CudaError. pycuda cannot be installed here
+    """pycuda.autoprimaryctx (the primary context, shared with TensorRT and the CUDA runtime; never autoinit's own
+    context) raises its own RuntimeError on a machine without a usable GPU ("cuInit failed: no CUDA-capable device
+    is detected"); the adapter turns it into a CudaError. pycuda cannot be installed here
     (sdist against a CUDA toolkit), so a package with pycuda's module layout and that failure stands in for it."""
     pkg = tmp_path / "pycuda"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "driver.py").write_text("")
-    (pkg / "autoinit.py").write_text("raise RuntimeError('cuInit failed: no CUDA-capable device is detected')\n")
+    (pkg / "autoinit.py").write_text("raise AssertionError('autoinit makes a context of its own: never imported')\n")
+    (pkg / "autoprimaryctx.py").write_text("raise RuntimeError('cuInit failed: no CUDA-capable device is detected')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from mdrn_edge.runtime import cuda
 

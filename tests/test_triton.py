@@ -249,3 +249,18 @@ def test_a_server_stopped_mid_series_is_one_line_and_nothing_partial(tmp_path):
         assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
     finally:
         server.stop()
+
+
+def test_mdrn_bench_measures_the_served_model_beside_the_local_rows(tmp_path, served):
+    pytest.importorskip("torch", reason="mdrn-bench needs torch: pip install -e '.[bench]'")
+    from mdrn_edge.cli.bench import command as bench_cli
+
+    res = CliRunner().invoke(bench_cli, ["--backends", "torch-fp32-cpu,onnxruntime-fp32-cpu", "--triton",
+                                         served.ready["grpc"], "--sizes", "64", "--rounds", "1", "--min-time", "0.2",
+                                         "--no-table3", "--output", str(tmp_path / "bench"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)["results"]}
+    assert "skipped" not in rows["triton"], rows["triton"]
+    assert rows["triton"]["provider"].startswith("Triton GRPC") and rows["triton"]["max_abs_err"] < 1e-3
+    res = CliRunner().invoke(bench_cli, ["--triton", "triton://nowhere", "--output", str(tmp_path / "b2")])
+    assert res.exit_code == 2 and "triton://HOST:PORT/NAME" in res.output and not (tmp_path / "b2").exists()

@@ -42,6 +42,8 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "tensorrt-fp32": {"backend": "tensorrt", "precision": "fp32", "device": "cuda"},
     "tensorrt-fp16": {"backend": "tensorrt", "precision": "fp16", "device": "cuda"},
     "tensorrt-int8": {"backend": "tensorrt", "precision": "int8", "device": "cuda"},
+    # a model served by Triton (mdrn-bench --triton triton://HOST:PORT/NAME): the server's own device and precision
+    "triton": {"backend": "triton", "precision": "fp32", "device": "server"},
 }
 REFERENCE = "torch-fp32-cpu"
 CPU_BASELINE = "onnxruntime-fp32-cpu"  # what the CPU rows are set against (the runtime's FP32 before OpenVINO)
@@ -69,6 +71,7 @@ class BenchConfig:
     table3_size: int = 256
     series: Sequence[str] = ()  # series folders for the end-to-end rows (mdrn-infer wall time)
     series_scales: Sequence[int] = (2, 4)
+    triton: str | None = None  # triton://HOST:PORT/NAME or grpc://...: the "triton" row measures that served model
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,9 +82,20 @@ def bench_steps(cfg: BenchConfig) -> int:
             + len(cfg.series) * len(cfg.series_scales) * 2)
 
 
-def unavailable(name: str) -> str | None:
-    """Why a backend cannot run here, or None."""
+def unavailable(name: str, triton: str | None = None) -> str | None:
+    """Why a backend cannot run here, or None (``triton``: the served model of the ``triton`` row)."""
     spec = BACKENDS[name]
+    if spec["backend"] == "triton":
+        if not triton:
+            return "no served model: give mdrn-bench --triton triton://HOST:PORT/NAME (mdrn-serve starts one)"
+        from mdrn_edge.errors import MdrnError
+        from mdrn_edge.runtime.triton import TritonRunner
+
+        try:
+            with TritonRunner(triton, retries=0):
+                return None
+        except MdrnError as exc:
+            return str(exc)
     if spec["device"] == "cuda" and spec["backend"] == "torch":
         import torch
 
@@ -228,7 +242,9 @@ def prepare_models(cfg: BenchConfig, work: Path, names: Sequence[str]) -> tuple[
     return files, load_onnx_info(files["onnx-fp32"])
 
 
-def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path:
+def model_file(files: dict[str, Path], spec: dict[str, Any]) -> Path | str:
+    if spec["backend"] == "triton":
+        return str(files["triton"])
     if spec["backend"] == "torch":
         return files["torch"]
     if spec["backend"] == "tensorrt":
@@ -274,12 +290,13 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda _: None
 
     busy = cpu_busy()  # before anything of ours runs: what else the machine was doing
     names = [n for n in cfg.backends]
-    reasons = {n: unavailable(n) for n in names}
+    reasons = {n: unavailable(n, cfg.triton) for n in names}
     runnable = [n for n in names if not reasons[n]]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mdrn-bench-") as tmp:
         work = Path(tmp)
         files, info = prepare_models(cfg, work, runnable)
+        files["triton"] = cfg.triton or ""
         flops_per_pixel = flops_per_lr_pixel(info.arch, info.scale, info.config)
         normalizer = info.normalizer
         peak = {"cpu": matmul_gflops("cpu")}

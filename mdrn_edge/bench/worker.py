@@ -36,13 +36,16 @@ def _runner(spec: dict[str, Any]):
 
         runner = TorchRunner(spec["model_file"], spec["device"], spec["precision"], spec.get("channels_last", False))
     else:
-        from mdrn_edge.runtime import RuntimeConfig, create_runner
+        from mdrn_edge.runtime import RuntimeConfig, create_runner, resolve_model_file
 
         # every precision as the row names it, gated or not (the report measures its accuracy); no compiled-model
-        # cache, so that the time to the first result counts compiling, as on a fresh machine
-        config = RuntimeConfig(spec["backend"], spec["device"], spec["precision"], tensorrt_ep=spec.get("tensorrt_ep", False),
-                               allow_ungated=True, cache_dir="off")
-        runner = create_runner(Path(spec["model_file"]), config)
+        # cache, so that the time to the first result counts compiling, as on a fresh machine; a Triton-served
+        # model runs as its server runs it
+        config = RuntimeConfig() if spec["backend"] == "triton" else RuntimeConfig(
+            spec["backend"], spec["device"], spec["precision"], tensorrt_ep=spec.get("tensorrt_ep", False),
+            allow_ungated=True, cache_dir="off")
+        runner = create_runner(resolve_model_file(spec["model_file"], None) if spec["backend"] == "triton"
+                               else Path(spec["model_file"]), config)
     before = _nvml_used_mb() if spec["device"] == "cuda" and spec["backend"] == "onnxruntime" else None
     runner.activate()
 

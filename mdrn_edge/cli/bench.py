@@ -39,17 +39,23 @@ def _ints(text: str, option: str) -> list[int]:
               help="A real DICOM series folder for the end-to-end rows: mdrn-infer's wall time, slices/s and peak RSS "
                    "against plain whole-slice calls, tiled and whole (repeatable).")
 @click.option("--series-scales", default="2,4", show_default=True, help="Scales of the end-to-end rows.")
+@click.option("--triton", metavar="URL", help="Also measure a model served by Triton (the 'triton' row): triton://HOST:PORT/NAME or grpc://HOST:PORT/NAME, on the same slices and against the same reference.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for report.json, report.md and plots.")
 @json_option
 @user_errors
-def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, table3_size, series, series_scales, output,
-            as_json):
+def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, table3_size, series, series_scales, triton,
+            output, as_json):
     """Benchmark PyTorch, ONNX Runtime and TensorRT on real MRI slices; each backend runs in its own process."""
     require("torch", "bench")
     from mdrn_edge.bench.report import write_report
     from mdrn_edge.bench.runner import BACKENDS, BenchConfig, bench_steps, run_bench
 
     names = list(BACKENDS) if backends == "all" else [b.strip() for b in backends.split(",")]
+    if triton:
+        from mdrn_edge.runtime.triton import TritonAddress
+
+        TritonAddress.parse(triton)  # a malformed address is one line before any work
+        names += [] if "triton" in names else ["triton"]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(BACKENDS)}")
@@ -58,7 +64,7 @@ def command(model, backends, sizes, batches, data, min_time, rounds, no_table3, 
         raise InputError(f"--series-scales {series_scales!r}: the shipped models are x2, x4 and x8")
     cfg = BenchConfig(model=model, backends=names, sizes=_ints(sizes, "--sizes"), batches=_ints(batches, "--batch"),
                       data=data, min_time=min_time, rounds=rounds, table3=not no_table3, table3_size=table3_size,
-                      series=series, series_scales=scales)
+                      series=series, series_scales=scales, triton=triton)
     with progress_bar(bench_steps(cfg), "bench", not as_json) as bar:
         def tick(label: str) -> None:
             bar.set_postfix_str(label)

@@ -87,7 +87,9 @@ class CudaPython:
 
 
 class PyCuda:
-    """pycuda's driver API (it creates and owns a context through ``pycuda.autoinit``)."""
+    """pycuda's driver API on the device's primary context (``pycuda.autoprimaryctx``), the context TensorRT, the
+    CUDA runtime and ONNX Runtime use: ``pycuda.autoinit`` would create a new context current on the importing
+    thread only, and a runner shared by threads would then run outside it."""
 
     name = "pycuda"
 
@@ -95,7 +97,7 @@ class PyCuda:
         import pycuda.driver as cuda  # ImportError: pycuda is not installed
 
         try:
-            import pycuda.autoinit  # noqa: F401  (creates the context: fails without a driver or a GPU)
+            import pycuda.autoprimaryctx  # noqa: F401  (retains the primary context: fails without a driver or GPU)
 
             self.stream = cuda.Stream()
         except Exception as exc:
