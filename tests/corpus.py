@@ -24,6 +24,17 @@ def shared_files(first: int, last: int) -> list[Path]:
     return [SHARED_SERIES / f"1-{i:03d}.dcm" for i in range(first, last + 1)]
 
 
+def real_series(folder: Path, first: int = 60, last: int = 62) -> Path:
+    """Real VS-SEG slices ``first``..``last`` (512 x 512) copied into ``folder`` where ../shared is present, else as
+    many slices of the bundled real slice (a lone clone)."""
+    if not SHARED_SERIES.is_dir():
+        return make_series(folder, last - first + 1)
+    folder.mkdir(parents=True)
+    for f in shared_files(first, last):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 def make_series(folder: Path, n: int = 3, size: int | None = None, series_uid: str | None = None,
                 description: str = "sample") -> Path:
     """A small real-data series: MR_small repeated as ``n`` slices 1 mm apart (optionally cropped to ``size``)."""

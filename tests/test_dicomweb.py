@@ -9,7 +9,6 @@ everything else through to Orthanc, which stores the instances for real."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 import urllib.request
@@ -21,7 +20,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from corpus import SHARED_SERIES, make_series, shared_files
+from corpus import make_series, real_series
 from helpers import free_port, start_dicomweb_orthanc, start_orthanc
 from mdrn_edge.cli.infer import command as infer_cli
 from mdrn_edge.cli.main import main as mdrn_cli
@@ -41,17 +40,6 @@ def one_line(res, code):
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
     assert "Traceback" not in res.output
     return lines[0]
-
-
-def source_series(tmp: Path) -> Path:
-    """3 real VS-SEG slices where ../shared is there, else 3 slices of the bundled real MR slice."""
-    folder = tmp / "scanner"
-    if SHARED_SERIES.is_dir():
-        folder.mkdir()
-        for f in shared_files(60, 62):
-            shutil.copy(f, folder / f.name)
-        return folder
-    return make_series(folder, 3)
 
 
 def uids(folder: Path) -> tuple[str, str]:
@@ -135,7 +123,7 @@ def relay(web):
 
 # --- the happy paths, against the real server -----------------------------------------------------------------------
 def test_wado_rs_in_and_stow_rs_out_match_a_folder_in_and_c_store_out(tmp_path, web):
-    src = source_series(tmp_path)
+    src = real_series(tmp_path / "scanner")
     dimse = start_orthanc(tmp_path / "dimse", "DIMSE")
     try:
         send_files(sorted(src.glob("*.dcm")), Destination.parse(web.dest))  # the scanner's series in the archive
@@ -323,7 +311,7 @@ def test_the_node_forwards_by_stow_through_orthancs_dicomweb_client(tmp_path):
     scanner = start_dicomweb_orthanc(tmp_path / "orthanc-a", "ORTHANC",
                                      servers={"ARCHIVE": [f"{pacs.url}/dicom-web/"]})
     try:
-        send_files(sorted(source_series(tmp_path).glob("*.dcm")), Destination.parse(scanner.dest))
+        send_files(sorted(real_series(tmp_path / "scanner").glob("*.dcm")), Destination.parse(scanner.dest))
         wait_stable(scanner, 1)
         res, events = node(scanner, tmp_path / "state", "--forward", "ARCHIVE", "--forward-wait", "30")
         assert res.exit_code == 0, res.output

@@ -2,7 +2,6 @@
 precision, the compiled-model cache, and one line for every refusal with nothing written."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -11,7 +10,8 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from corpus import SHARED_SERIES, all_files, digest, make_series, mr_small, shared_files
+from corpus import SHARED_SERIES, all_files, digest, mr_small
+from corpus import real_series as real_slices
 from mdrn_edge.cli.infer import command as infer_cli
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime import RuntimeConfig, create_runner, resolve_model_file
@@ -57,13 +57,7 @@ def without_gates(source, target):
 @pytest.fixture(scope="module")
 def real_series(tmp_path_factory):
     """Three real VS-SEG slices (512 x 512: tiled by default) when ../shared is there, else the bundled slice."""
-    src = tmp_path_factory.mktemp("ov") / "in"
-    if SHARED_SERIES.is_dir():
-        src.mkdir()
-        for f in shared_files(60, 62):
-            shutil.copy(f, src / f.name)
-        return src
-    return make_series(src, 3)
+    return real_slices(tmp_path_factory.mktemp("ov") / "in")
 
 
 def test_openvino_fp32_matches_onnxruntime_within_one_stored_unit_and_auto_runs_without_torch(real_series, tmp_path):

@@ -203,3 +203,25 @@ def test_a_pycuda_that_cannot_create_a_context_is_one_line_not_a_traceback(tmp_p
     assert "\n" not in str(err.value)
     for name in [m for m in sys.modules if m.split(".")[0] == "pycuda"]:
         monkeypatch.delitem(sys.modules, name)
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "x86_64"])
+def test_the_tensorrt_install_hint_fits_the_machine(monkeypatch, machine):
+    """On a Jetson (aarch64) PyPI's TensorRT and CUDA wheels do not match JetPack: the hint says to use JetPack's own
+    TensorRT through a --system-site-packages venv and a cuda-python pinned to JetPack 6.1's CUDA 12.6 (#24 item 10)."""
+    import platform
+
+    from mdrn_edge.errors import MissingDependencyError
+    from mdrn_edge.runtime import tensorrt
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # importing it fails, as where it is not installed
+    monkeypatch.setitem(sys.modules, "tensorrt_lean", None)
+    monkeypatch.setattr(tensorrt.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError) as err:
+        tensorrt.import_tensorrt()
+    text = str(err.value)
+    if machine == "aarch64":
+        assert "--system-site-packages" in text and "cuda-python>=12.6,<12.7" in text and "not the [gpu] extra" in text
+    else:
+        assert "[gpu]" in text and "system-site-packages" not in text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from corpus import ROOT, SHARED_SERIES, make_series, shared_files
+from corpus import ROOT, make_series, real_series
 from helpers import free_port
 from mdrn_edge.cli.export import command as export_cli
 from mdrn_edge.cli.infer import command as infer_cli
@@ -158,12 +157,7 @@ def test_mdrn_serve_says_where_it_serves_and_is_healthy(served):
 
 
 def test_infer_through_triton_writes_the_series_the_local_run_writes(tmp_path, served):
-    src = make_series(tmp_path / "in", 2)
-    if SHARED_SERIES.is_dir():
-        shutil.rmtree(src)
-        src.mkdir()
-        for f in shared_files(60, 61):
-            shutil.copy(f, src / f.name)
+    src = real_series(tmp_path / "in", 60, 61)
     local = infer(src, "--output", tmp_path / "local", "--backend", "onnxruntime", "--json")
     assert local.exit_code == 0, local.output
     for scheme, port in (("triton", served.http), ("grpc", served.grpc)):

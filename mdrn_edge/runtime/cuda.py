@@ -13,7 +13,21 @@ import numpy as np
 
 from mdrn_edge.errors import MdrnError, MissingDependencyError, first_line
 
-INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13' on JetPack 6.1+) or pycuda"
+JETSON_HINT = ("on a Jetson, TensorRT and CUDA come with JetPack 6.1+ (TensorRT 10.3, CUDA 12.6): make the venv with "
+               "python3 -m venv --system-site-packages so JetPack's python3-libnvinfer is seen, and pip install "
+               "'cuda-python>=12.6,<12.7' (a later cuda-python wants a later CUDA than JetPack's); not the [gpu] extra, "
+               "whose wheels are for server GPUs")
+
+
+def gpu_install_hint(x86: str) -> str:
+    """What installs the GPU stack from where the user stands: ``x86`` on a server or desktop, JetPack's own packages
+    on an aarch64 device (a Jetson), where PyPI's TensorRT and CUDA wheels do not match the system."""
+    import platform
+
+    return JETSON_HINT if platform.machine() in ("aarch64", "arm64") else x86
+
+
+INSTALL_HINT = "install cuda-python (pip install 'cuda-python>=12,<13') or pycuda"
 
 
 class CudaError(MdrnError):
@@ -149,7 +163,7 @@ def cuda_adapter() -> CudaPython | PyCuda:
     try:
         return PyCuda()
     except ImportError:
-        raise MissingDependencyError(f"the TensorRT backend needs CUDA Python bindings; {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"the TensorRT backend needs CUDA Python bindings; {gpu_install_hint(INSTALL_HINT)}") from None
 
 
 def device_properties() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +25,10 @@ from mdrn_edge.runtime.checks import CheckConfig, SliceChecker, summarize, thres
 from mdrn_edge.runtime.config import RuntimeConfig
 from mdrn_edge.runtime.dicomweb import WebConfig, is_url
 from mdrn_edge.runtime.tiling import MIN_TILE
+
+if TYPE_CHECKING:
+    from mdrn_edge.runtime.dicomweb import WebDestination
+    from mdrn_edge.runtime.pacs import Destination
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ def series_folder_name(index: int, volume) -> str:
 def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str | Path | None = None,
                   scale: int | None = None, runtime: RuntimeConfig = RuntimeConfig(),
                   tile: int | str | None = "auto", overlap: int | None = None, batch: int | None = None,
-                  nifti_dtype: str = "keep", overwrite: bool = False, send_to: "str | Destination | None" = None,
+                  nifti_dtype: str = "keep", overwrite: bool = False, send_to: "str | Destination | WebDestination | None" = None,
                   clip: str = "series", allow_missing: bool = False, checks: CheckConfig = CheckConfig(),
                   web: WebConfig = WebConfig(), progress: Progress = _no_progress) -> InferResult:
     """Super-resolve ``inputs`` (a DICOM folder, DICOM files, a study folder, or one NIfTI file) into ``output``

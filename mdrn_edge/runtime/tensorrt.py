@@ -21,12 +21,12 @@ import numpy as np
 from mdrn_edge.errors import InputError, MissingDependencyError, ModelFileError, first_line
 from mdrn_edge.modelinfo import ModelInfo
 from mdrn_edge.runtime.base import InferenceError, Runner
-from mdrn_edge.runtime.cuda import CudaError, cuda_adapter, device_properties
+from mdrn_edge.runtime.cuda import CudaError, cuda_adapter, device_properties, gpu_install_hint
 from mdrn_edge.runtime.sidecar import REBUILD, check_compatible, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
-TRT_HINT = "install TensorRT 10 (JetPack 6.1+ ships 10.3; elsewhere pip install tensorrt, or the [gpu] extra: pip install '.[gpu]' in the mdrn-edge clone)"
+TRT_HINT = "install TensorRT 10 (pip install 'tensorrt>=10,<11', or the [gpu] extra: pip install '.[gpu]' in the mdrn-edge clone)"
 
 
 def import_tensorrt(version_compatible: bool = False):
@@ -42,7 +42,7 @@ def import_tensorrt(version_compatible: bool = False):
         raise MissingDependencyError("only TensorRT's lean runtime (tensorrt_lean) is installed, and it runs only "
                                      "engines built with mdrn-export --version-compatible; install the full TensorRT "
                                      "runtime or rebuild the engine with --version-compatible")
-    raise MissingDependencyError(f"TensorRT is not installed; {TRT_HINT}")
+    raise MissingDependencyError(f"TensorRT is not installed; {gpu_install_hint(TRT_HINT)}")
 
 
 def tensorrt_unavailable_reason() -> str | None:
