@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineCommand, json_option, runtime_config, runtime_options, say, setup_logging, stop_on_signals,
+    SETTINGS, OneLineCommand, fail, json_option, runtime_config, runtime_options, say, setup_logging, stop_on_signals,
     user_errors, version_option,
 )
+from mdrn_edge.errors import INTERRUPTED_EXIT
 from mdrn_edge.fileio import strict_json
 
 PORT = click.IntRange(1, 65535)
@@ -51,11 +52,14 @@ def command(model, scale, host, http_port, grpc_port, metrics_port, max_batch, q
             say(f"serving {info['model']} ({info['backend']['backend']} {info['backend']['precision']}) at {info['http']} "
                 f"and {info['grpc']}; metrics {info['metrics']}; Triton's log {info['log']}")
 
-    serve(model, int(scale) if scale else None,
-          ServeConfig(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      max_batch=max_batch, queue_delay_us=queue_delay, instances=instances,
-                      log_file=Path(log_file) if log_file else None),
-          runtime_config(runtime), ready)
+    try:
+        serve(model, int(scale) if scale else None,
+              ServeConfig(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          max_batch=max_batch, queue_delay_us=queue_delay, instances=instances,
+                          log_file=Path(log_file) if log_file else None),
+              runtime_config(runtime), ready)
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C: how a server is meant to end, said as such
+        fail("Triton and its model instances were shut down", INTERRUPTED_EXIT, prefix="Stopped")
 
 
 if __name__ == "__main__":
