@@ -47,7 +47,7 @@ def test_unknown_model_name_lists_the_shipped_ones():
 
 
 @pytest.mark.parametrize("args", [[], ["summary"], ["eval"], ["sample"], ["train"], ["export"], ["infer"], ["bench"],
-                                  ["node"], ["send"]])
+                                  ["node"], ["send"], ["serve"]])
 def test_every_command_has_complete_help(args):
     res = run(*args, "--help")
     assert res.exit_code == 0 and "Usage:" in res.output

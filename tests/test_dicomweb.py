@@ -324,3 +324,20 @@ def test_the_node_forwards_by_stow_through_orthancs_dicomweb_client(tmp_path):
     finally:
         scanner.stop()
         pacs.stop()
+
+
+def test_insecure_is_said_once_and_a_missing_ca_bundle_is_one_line(tmp_path, relay):
+    import subprocess
+    import sys
+
+    from corpus import ROOT
+
+    server = relay(lambda handler, body: False)
+    src = make_series(tmp_path / "in", 1)
+    res = subprocess.run([sys.executable, "-m", "mdrn_edge.cli.infer", str(src), "--output", str(tmp_path / "out"),
+                          "--send", server.url, "--insecure", "--no-progress", "--backend", "onnxruntime"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("TLS certificates are not verified (--insecure)") == 1
+    res = infer(src, "--output", tmp_path / "out2", "--send", server.url, "--ca-bundle", tmp_path / "none.pem")
+    assert "--ca-bundle" in one_line(res, 2) and not (tmp_path / "out2").exists()

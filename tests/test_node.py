@@ -231,7 +231,7 @@ def test_an_unknown_forward_modality_and_a_shared_state_folder_are_one_line(tmp_
     try:
         res = CliRunner().invoke(node_cli, ["--orthanc", server.url, "--forward", "NOPE", "--state", str(tmp_path / "s"),
                                             "--once"])
-        assert res.exit_code == 2 and "not a modality" in res.output
+        assert res.exit_code == 2 and "neither a modality nor a DICOMweb server" in res.output
         from mdrn_edge.node import NodeState
 
         held = NodeState(tmp_path / "s")

@@ -258,3 +258,21 @@ def test_mdrn_bench_measures_the_served_model_beside_the_local_rows(tmp_path, se
     assert rows["triton"]["provider"].startswith("Triton GRPC") and rows["triton"]["max_abs_err"] < 1e-3
     res = CliRunner().invoke(bench_cli, ["--triton", "triton://nowhere", "--output", str(tmp_path / "b2")])
     assert res.exit_code == 2 and "triton://HOST:PORT/NAME" in res.output and not (tmp_path / "b2").exists()
+
+
+def test_a_node_uses_the_shared_server(tmp_path, served):
+    """mdrn-node beside a scanner's Orthanc, its inference on the Triton server (the many-scanners deployment)."""
+    from helpers import start_orthanc
+    from mdrn_edge.runtime.pacs import Destination, send_files
+    from test_node import node, wait_stable
+
+    scanner = start_orthanc(tmp_path / "orthanc", "ORTHANC")
+    try:
+        send_files(sorted(make_series(tmp_path / "in", 2).glob("*.dcm")), Destination.parse(scanner.dest))
+        wait_stable(scanner, 1)
+        res, events = node(scanner, tmp_path / "state", "--model", served.ready["grpc"])
+        assert res.exit_code == 0, res.output
+        done = [e for e in events if e["outcome"] == "done"]
+        assert len(done) == 1 and done[0]["backend"] == "triton" and done[0]["checks"]["n_flagged"] == 0, events
+    finally:
+        scanner.stop()

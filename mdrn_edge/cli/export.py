@@ -34,7 +34,7 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--workspace", type=click.IntRange(16, 1 << 20), default=1024, help="TensorRT workspace limit in MB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file, read and updated.")
 @click.option("--version-compatible", is_flag=True, help="Version-compatible engine: runs on this and later TensorRT releases of its major and the next one (10.x -> 11.x; no other combination); its plan embeds TensorRT's lean runtime (host code: mdrn-infer then needs --allow-host-code).")
-@click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: leave the lean runtime out of the plan; the same TensorRT version (or its lean runtime, tensorrt_lean) runs it without host code, a later one with --lean-runtime.")
+@click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: leave the lean runtime out of the plan; the same TensorRT version (or its lean runtime, tensorrt_lean) runs it without host code, and a later one when mdrn-infer is given --lean-runtime.")
 @click.option("--dla-core", type=click.IntRange(0, 15), help="Build for this Jetson DLA core (FP16 or INT8; layers the DLA cannot run fall back to the GPU).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimisation level (default 3).")
 @click.option("--check-data", multiple=True, help="Real HR slices of one series (DICOM/NIfTI) for the checks  [default: the bundled sample, plus pydicom-data's MR slices where installed].")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from mdrn_edge.cli.common import (
-    SETTINGS, OneLineGroup, emit_json, json_option, progress_bar, user_errors, version_option, web_config, web_options,
+    SETTINGS, OneLineGroup, emit_json, json_option, progress_bar, setup_logging, user_errors, version_option, web_config,
+    web_options,
 )
 from mdrn_edge.errors import InputError, require
 from mdrn_edge.models import available_models
@@ -165,6 +166,7 @@ def send(output: str, dest: str, calling_aet: str | None, as_json: bool, **web) 
     """
     from mdrn_edge.runtime.pacs import parse_destination
 
+    setup_logging()  # our warnings (--insecure, a PACS refusing C-ECHO) as one line each
     to = parse_destination(dest, calling_aet, web_config(web), "--to")
     to.check()
     sent = to.send(Path(output))

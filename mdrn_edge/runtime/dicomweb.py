@@ -16,6 +16,7 @@ verified by default (``--ca-bundle`` for a private CA); ``--insecure`` turns it 
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import re
@@ -108,6 +109,16 @@ def _without_userinfo(url: str) -> str:
     return url.replace(f"{parts.username or ''}:{parts.password or ''}@", "").replace(f"{parts.username or ''}@", "")
 
 
+@functools.lru_cache(maxsize=1)
+def warn_insecure() -> None:
+    """Say once per process that TLS is not verified (urllib3's own warning, one per request, is silenced)."""
+    import urllib3
+
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    log.warning("TLS certificates are not verified (--insecure): anyone on the network path can read and alter the "
+                "images; use --ca-bundle with your CA instead")
+
+
 def session(config: WebConfig):
     """A requests session: retries with backoff on connection errors, timeouts and 5xx (POST included: a STOW of the
     same instances again stores the same SOP instances), the Authorization header, TLS as configured."""
@@ -126,11 +137,7 @@ def session(config: WebConfig):
     if auth:
         s.headers["Authorization"] = auth
     if config.insecure:
-        import urllib3
-
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once, by us, below
-        log.warning("TLS certificates are not verified (--insecure): anyone on the network path can read and alter "
-                    "the images; use --ca-bundle with your CA instead")
+        warn_insecure()
         s.verify = False
     elif config.ca_bundle:
         if not Path(config.ca_bundle).is_file():
