@@ -190,8 +190,11 @@ def engine_unavailable_reason() -> str | None:
 @_timed("onnx_int8")
 def export_onnx_int8(job: ExportJob) -> Artifact:
     """INT8 Q/DQ ONNX (explicit quantisation, CCA and the layers INT8 hurts most in float), calibrated on real MRI
-    and gated on its PSNR loss against the FP32 ONNX on slices held apart from the calibration."""
-    from mdrn_edge.export.checks import gate
+    and gated on its PSNR loss against the FP32 ONNX on slices held apart from the calibration, and on the FP16
+    activation range: an INT8 engine built with TensorRT's FP16 and INT8 flags may run every layer left in float
+    in FP16 (NVIDIA/TensorRT#4095), the convolutions kept float among them, so their range is checked as for an
+    FP16 export (the pinned FP32 layers excepted)."""
+    from mdrn_edge.export.checks import fp16_range_check, gate
     from mdrn_edge.export.int8 import calibration_split, quantize_int8
 
     fp32 = job.artifacts["onnx"].path
@@ -202,6 +205,7 @@ def export_onnx_int8(job: ExportJob) -> Artifact:
     art.checks.update(gate(job.onnx_runner(fp32, cpu=True), job.onnx_runner(art.path, cpu=True), pairs, "INT8",
                            max_psnr_drop=job.cfg.max_int8_psnr_drop, limit_option="--max-int8-psnr-drop"))
     art.checks["held_apart_slices"] = int(sum(len(p.lr) for p in held))
+    art.checks.update(fp16_range_check(fp32, pairs, job.info))
     return art
 
 
