@@ -183,16 +183,41 @@ def test_bench_measures_engine_rows_through_the_emulator(tmp_path):
     assert rows["tensorrt-fp16"]["torch_imported"] is False
 
 
-def test_a_shared_timing_cache_is_merged_and_one_from_another_gpu_refused(tmp_path):
+def test_a_shared_timing_cache_is_merged_and_one_from_another_gpu_refused_unless_asked(tmp_path):
     cache = tmp_path / "timing.cache"
     export(tmp_path, "a", "--timing-cache", cache)
     export(tmp_path, "b", "--fp16", "--timing-cache", cache)
     entries = json.loads(cache.read_bytes()[6:])["entries"]
     assert {k.split(":")[0] for k in entries} == {"FP32", "FP16"}  # the second build added to the first
+    assert json.loads((tmp_path / "timing.cache.json").read_text()) == {"tensorrt_version": "10.3.0"}
+    other_gpu = {"MDRN_TRT_EMU_CC": "9.0"}  # device properties differ (TensorRT checks more than this; so do we)
     proc = run("export", "mdrn-x4", "--output", tmp_path / "c", "--timing-cache", cache, "--json",
-               env=emu_env(tmp_path, MDRN_TRT_EMU_CC="9.0"))
-    one_line(proc, 7, "this timing cache is from another TensorRT version or GPU")
+               env=emu_env(tmp_path, **other_gpu))
+    one_line(proc, 7, "made on a GPU whose device properties differ from this one's")
+    assert "--timing-cache-ignore-mismatch" in proc.stderr
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+    result, sidecar = export(tmp_path, "d", "--timing-cache", cache, "--timing-cache-ignore-mismatch",
+                             env_settings=other_gpu)
+    assert "no option for" in sidecar["trtexec"]  # the sidecar's trtexec line says what trtexec cannot do
+
+
+def test_a_timing_cache_of_another_tensorrt_version_is_replaced_with_a_warning(tmp_path):
+    """Real TensorRT cannot read a cache another version wrote: it logs and ignores it (NVIDIA/TensorRT#3566), it
+    does not fail; the build goes on with a new cache, says so in one line, and the file is replaced."""
+    cache = tmp_path / "timing.cache"
+    export(tmp_path, "a", "--timing-cache", cache)
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "b", "--timing-cache", cache, "--json",
+               env=emu_env(tmp_path, MDRN_TRT_EMU_VERSION="10.4.0"))
+    assert proc.returncode == 0, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if not line.startswith(("[TRT-EMULATOR]", "- "))]
+    assert len(ours) == 1 and "written by TensorRT 10.3.0, which TensorRT 10.4.0 cannot read" in ours[0], proc.stderr
+    assert json.loads((tmp_path / "timing.cache.json").read_text()) == {"tensorrt_version": "10.4.0"}
+    assert json.loads(cache.read_bytes()[6:])["version"] == "10.4.0"
+
+
+def test_timing_cache_options_are_checked_first(tmp_path):
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "o", "--timing-cache-ignore-mismatch", env=emu_env(tmp_path))
+    one_line(proc, 2, "--timing-cache-ignore-mismatch applies to a --timing-cache")
 
 
 def test_dla_engines_where_a_dla_exists_and_one_line_where_none_does(tmp_path):

@@ -32,7 +32,8 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--opt-shape", default=_shape(DEFAULT_PROFILE[1]), help="LR input the engine is tuned for.")
 @click.option("--max-shape", default=_shape(DEFAULT_PROFILE[2]), help="Largest LR input of the engine profile (keep it modest on Jetson).")
 @click.option("--workspace", type=click.IntRange(16, 1 << 20), default=1024, help="TensorRT workspace limit in MB.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file, read and updated.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache file, read and updated (builds sharing it add to it; one written by another TensorRT version is replaced, with a warning).")
+@click.option("--timing-cache-ignore-mismatch", is_flag=True, help="Use a --timing-cache made on a GPU whose device properties differ from this one's (TensorRT compares more than the compute capability); tactics may then be slower.")
 @click.option("--version-compatible", is_flag=True, help="Version-compatible engine: runs on this and later TensorRT releases of its major and the next one (10.x -> 11.x; no other combination); its plan embeds TensorRT's lean runtime (host code: mdrn-infer then needs --allow-host-code).")
 @click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: leave the lean runtime out of the plan; the same TensorRT version (or its lean runtime, tensorrt_lean) runs it without host code, and a later one when mdrn-infer is given --lean-runtime.")
 @click.option("--dla-core", type=click.IntRange(0, 15), help="Build for this Jetson DLA core (FP16 or INT8; layers the DLA cannot run fall back to the GPU).")
@@ -48,8 +49,9 @@ def _shape(dims: tuple[int, ...]) -> str:
 @json_option
 @user_errors
 def command(model, output, fp16, int8, openvino, calibration, engine, opset, min_shape, opt_shape, max_shape, workspace,
-            timing_cache, version_compatible, exclude_lean_runtime, dla_core, opt_level, check_data, max_psnr_drop,
-            max_int8_psnr_drop, triton, triton_max_batch, triton_instances, triton_device, overwrite, as_json):
+            timing_cache, timing_cache_ignore_mismatch, version_compatible, exclude_lean_runtime, dla_core, opt_level,
+            check_data, max_psnr_drop, max_int8_psnr_drop, triton, triton_max_batch, triton_instances, triton_device,
+            overwrite, as_json):
     """Export MODEL to ONNX and TensorRT, with the checks that prove each file still matches on real MRI.
 
     MODEL is a checkpoint (.pt), a shipped name (mdrn-x4) or, on a device without PyTorch (a Jetson), an
@@ -67,7 +69,8 @@ def command(model, output, fp16, int8, openvino, calibration, engine, opset, min
                                kind=f"KIND_{triton_device.upper()}") if triton else None
     cfg = ExportConfig(fp16=fp16, int8=int8, openvino=openvino, calibration=calibration, engine=engine, opset=opset,
                        profile=Profile.parse(min_shape, opt_shape, max_shape), workspace_mb=workspace,
-                       timing_cache=Path(timing_cache) if timing_cache else None, version_compatible=version_compatible,
+                       timing_cache=Path(timing_cache) if timing_cache else None,
+                       timing_cache_ignore_mismatch=timing_cache_ignore_mismatch, version_compatible=version_compatible,
                        exclude_lean_runtime=exclude_lean_runtime, opt_level=opt_level, dla_core=dla_core,
                        check_data=check_data, max_psnr_drop=max_psnr_drop, max_int8_psnr_drop=max_int8_psnr_drop,
                        triton=repository, overwrite=overwrite)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import re
 import time
@@ -109,9 +110,12 @@ class EngineOptions:
     exclude_lean_runtime: bool = False  # smaller plan; a later TensorRT then needs this version's lean runtime
     opt_level: int | None = None
     dla_core: int | None = None  # Jetson DLA core, GPU fallback for layers the DLA cannot run
+    timing_cache_ignore_mismatch: bool = False  # use a cache made on a GPU with other device properties
 
     def check(self) -> None:
         """What can be refused before any work is done, in one line."""
+        if self.timing_cache_ignore_mismatch and not self.timing_cache:
+            raise InputError("--timing-cache-ignore-mismatch applies to a --timing-cache; add one or leave it out")
         if self.exclude_lean_runtime and not self.version_compatible:
             raise InputError("--exclude-lean-runtime applies to version-compatible engines: add --version-compatible")
         if self.dla_core is not None and self.precision == "fp32":
@@ -133,6 +137,8 @@ def trtexec_command(onnx: Path, engine: Path, opts: EngineOptions, strongly_type
         parts.append("--noTF32")
     if opts.timing_cache:
         parts.append(f"--timingCacheFile={opts.timing_cache}")
+        if opts.timing_cache_ignore_mismatch:  # trtexec cannot: it refuses a cache of other device properties
+            parts.append("# (built with --timing-cache-ignore-mismatch, which trtexec has no option for)")
     if opts.version_compatible:
         parts.append("--versionCompatible" + (" --excludeLeanRuntime" if opts.exclude_lean_runtime else ""))
     if opts.dla_core is not None:
@@ -166,27 +172,49 @@ def _use_dla(trt, builder, config, core: int) -> list[str]:
     return ["GPU_FALLBACK"]
 
 
-def _load_timing_cache(config, path: Path | None):
-    """This build's timing cache, seeded from ``path``; a cache of another TensorRT or GPU is one line."""
+def timing_cache_record(path: Path) -> Path:
+    """The small JSON beside a timing cache saying which TensorRT wrote it (TensorRT cannot tell us: it logs and
+    ignores a cache of another version, NVIDIA/TensorRT#3566)."""
+    return path.with_name(path.name + ".json")
+
+
+def _load_timing_cache(config, path: Path | None, ignore_mismatch: bool = False, built_by: str = ""):
+    """This build's timing cache, seeded from ``path``. A cache another TensorRT version wrote cannot be used (its
+    record says so: one warning, the build starts a new cache that replaces the file); one made on a GPU whose device
+    properties differ (TensorRT compares more than the compute capability: two boards of one model can differ) is
+    one line, unless ``ignore_mismatch`` uses its timings anyway."""
     data = path.read_bytes() if path and path.exists() else b""
+    record = timing_cache_record(path) if path else None
+    written_by = json.loads(record.read_text()).get("tensorrt_version") if record and record.exists() else None
+    if data and written_by and written_by != built_by:
+        log.warning("%s: written by TensorRT %s, which TensorRT %s cannot read; this build starts a new cache and "
+                    "replaces the file", path, written_by, built_by)
+        data = b""
     cache = config.create_timing_cache(data)
-    if cache is None or not config.set_timing_cache(cache, False):
-        raise EngineBuildError(f"{path}: this timing cache is from another TensorRT version or GPU; delete it or give "
-                               "another --timing-cache")
+    if cache is None:
+        raise EngineBuildError(f"{path}: not a TensorRT timing cache; delete it or give another --timing-cache")
+    if not config.set_timing_cache(cache, ignore_mismatch):
+        raise EngineBuildError(f"{path}: made on a GPU whose device properties differ from this one's (TensorRT "
+                               "compares more than the compute capability); delete it, give another --timing-cache, "
+                               "or --timing-cache-ignore-mismatch to use its timings anyway")
 
 
-def save_timing_cache(config, path: Path) -> None:
+def save_timing_cache(config, path: Path, ignore_mismatch: bool = False, built_by: str = "") -> None:
     """Merge this build's timing cache into ``path`` under an exclusive lock, so that builds sharing one cache file
-    add to it rather than overwrite each other (as Polygraphy does), then replace the file atomically."""
+    add to it rather than overwrite each other (as Polygraphy does), then replace the file atomically and record
+    which TensorRT wrote it."""
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cache = config.get_timing_cache()
-        if path.exists():
+        record = timing_cache_record(path)
+        same = record.exists() and json.loads(record.read_text()).get("tensorrt_version") == built_by
+        if path.exists() and same:
             on_disk = config.create_timing_cache(path.read_bytes())
-            if on_disk is None or not cache.combine(on_disk, False):
-                log.warning("%s: from another TensorRT version or GPU, replaced by this build's cache", path)
+            if on_disk is None or not cache.combine(on_disk, ignore_mismatch):
+                log.warning("%s: made on a GPU with other device properties, replaced by this build's cache", path)
         with atomic_path(path) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
+        write_json(record, {"tensorrt_version": built_by})
 
 
 def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx_path: Path | None = None,
@@ -243,7 +271,7 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
     trt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
     if config.add_optimization_profile(trt_profile) < 0:
         raise EngineBuildError(f"TensorRT rejected the profile {profile.to_dict()}")
-    _load_timing_cache(config, opts.timing_cache)
+    _load_timing_cache(config, opts.timing_cache, opts.timing_cache_ignore_mismatch, trt.__version__)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"{source}: TensorRT could not build an engine (see its log above); try a larger "
@@ -252,7 +280,7 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(plan)
     if opts.timing_cache:
-        save_timing_cache(config, opts.timing_cache)
+        save_timing_cache(config, opts.timing_cache, opts.timing_cache_ignore_mismatch, trt.__version__)
     sidecar = {
         "format": SIDECAR_FORMAT,
         "tensorrt_version": trt.__version__,

@@ -43,6 +43,7 @@ class ExportConfig:
     profile: Profile = field(default_factory=lambda: Profile(*DEFAULT_PROFILE))
     workspace_mb: int = 1024
     timing_cache: Path | None = None
+    timing_cache_ignore_mismatch: bool = False
     version_compatible: bool = False
     exclude_lean_runtime: bool = False
     opt_level: int | None = None
@@ -60,7 +61,8 @@ class ExportConfig:
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(self.engine_precision, self.profile, self.workspace_mb, self.timing_cache,
-                             self.version_compatible, self.exclude_lean_runtime, self.opt_level, self.dla_core)
+                             self.version_compatible, self.exclude_lean_runtime, self.opt_level, self.dla_core,
+                             self.timing_cache_ignore_mismatch)
 
     def check(self) -> None:
         """Option combinations refused before any work, in one line."""

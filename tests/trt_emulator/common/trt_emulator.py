@@ -300,11 +300,12 @@ class IHostMemory(bytes):
 
 
 class ITimingCache:
-    def __init__(self, entries: dict[str, str], cc: str) -> None:
-        self.entries, self.cc = dict(entries), cc
+    def __init__(self, entries: dict[str, str], cc: str, built_by: str | None = None) -> None:
+        self.entries, self.cc, self.version = dict(entries), cc, built_by or version()
 
     def serialize(self) -> IHostMemory:
-        return IHostMemory(b"EMUTC1" + json.dumps({"cc": self.cc, "entries": self.entries}).encode())
+        return IHostMemory(b"EMUTC1" + json.dumps({"cc": self.cc, "version": self.version,
+                                                   "entries": self.entries}).encode())
 
     def combine(self, other: "ITimingCache", ignore_mismatch: bool) -> bool:
         if other.cc != self.cc and not ignore_mismatch:
@@ -318,7 +319,8 @@ class ITimingCache:
 
 
 class IBuilderConfig:
-    def __init__(self) -> None:
+    def __init__(self, logger: "Logger | None" = None) -> None:
+        self.logger = logger
         self.flags = {_Flag.TF32}  # TensorRT enables TF32 by default
         self.pools: dict[MemoryPoolType, int] = {}
         self.profiles: list[IOptimizationProfile] = []
@@ -360,13 +362,20 @@ class IBuilderConfig:
         return len(self.profiles) - 1
 
     def create_timing_cache(self, serialized: bytes) -> ITimingCache:
+        """As TensorRT: a cache another TensorRT version wrote cannot be read; TensorRT logs that and hands back an
+        empty cache, never None (NVIDIA/TensorRT#3566: 'The timing cache will not be used!')."""
         data = bytes(serialized)
         if not data:
             return ITimingCache({}, compute_capability())
         if not data.startswith(b"EMUTC1"):
             raise ContractError("create_timing_cache: not a serialized timing cache")
         body = json.loads(data[6:])
-        return ITimingCache(body["entries"], body["cc"])
+        if body.get("version") != version():
+            if self.logger:
+                self.logger.log(Logger.ERROR, "Serialization assertion failed: timing cache of TensorRT "
+                                              f"{body.get('version')}. The timing cache will not be used!")
+            return ITimingCache({}, compute_capability())
+        return ITimingCache(body["entries"], body["cc"], body["version"])
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
         if cache.cc != compute_capability() and not ignore_mismatch:
@@ -393,7 +402,7 @@ class Builder:
         return INetworkDefinition(flags)
 
     def create_builder_config(self) -> IBuilderConfig:
-        return IBuilderConfig()
+        return IBuilderConfig(self.logger)
 
     def create_optimization_profile(self) -> IOptimizationProfile:
         return IOptimizationProfile()
