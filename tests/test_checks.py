@@ -283,3 +283,19 @@ def test_a_flagged_series_passes_dciodvfy_with_no_error_its_input_lacks(tmp_path
     out = next((tmp_path / "out").glob("*.dcm"))
     assert pydicom.dcmread(out).private_block(0x0077, "MDRN-EDGE CHECKS 1")[0x13].value == "YES"
     assert not errors(out) - errors(next(src.glob("*.dcm")))
+
+
+def test_the_ship_gate_refuses_a_model_whose_grid_energy_grew(monkeypatch):
+    """training/ship.py: a model whose grid energy on the held-apart slices with LR noise grew over the model it
+    replaces (or, replacing none, exceeds 4x white noise's share) is not shipped."""
+    monkeypatch.syspath_prepend(str(ROOT / "training"))
+    import ship
+
+    def measured(grid: float) -> dict:
+        return {"antialiased+noise": {"grid_energy": grid}}
+
+    assert ship.grid_gate("mdrn-x4", measured(0.06), {"measured": measured(0.05)}) is None  # within 1.25x
+    refused = ship.grid_gate("mdrn-x4", measured(0.07), {"measured": measured(0.05)})
+    assert "grid energy 0.070" in refused and "1.25x the shipped model's 0.050" in refused and "not shipped" in refused
+    assert ship.grid_gate("mdrn-x4", measured(0.2), None) is None  # 4 x 5.9 % = 0.234
+    assert "4x white noise's share" in ship.grid_gate("mdrn-x4", measured(0.3), {"measured": {}})
