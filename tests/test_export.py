@@ -278,7 +278,7 @@ TRT_SINCE = {
     "EXCLUDE_LEAN_RUNTIME": "8.6", "builder_optimization_level": "8.6",
     "create_timing_cache": "8.0", "set_timing_cache": "8.0", "get_timing_cache": "8.0", "serialize": "8.0",
     "combine": "8.0", "add_optimization_profile": "6.0", "set_shape": "6.0",
-    "default_device_type": "5.0", "DLA_core": "5.0", "DeviceType": "5.0", "DLA": "5.0", "num_DLA_cores": "5.0",
+    "default_device_type": "5.0", "DLA_core": "5.0", "can_run_on_DLA": "6.0", "DeviceType": "5.0", "DLA": "5.0", "num_DLA_cores": "5.0",
     "deserialize_cuda_engine": "5.0", "engine_host_code_allowed": "8.6", "load_runtime": "8.6",
     "num_io_tensors": "8.5", "get_tensor_name": "8.5", "get_tensor_mode": "8.5", "get_tensor_dtype": "8.5",
     "get_tensor_profile_shape": "8.5", "TensorIOMode": "8.5", "INPUT": "8.5", "OUTPUT": "8.5",

@@ -220,17 +220,36 @@ def test_timing_cache_options_are_checked_first(tmp_path):
     one_line(proc, 2, "--timing-cache-ignore-mismatch applies to a --timing-cache")
 
 
-def test_dla_engines_where_a_dla_exists_and_one_line_where_none_does(tmp_path):
-    proc = run("export", "mdrn-x4", "--output", tmp_path / "none", "--fp16", "--dla-core", "0", "--json",
+STATIC = ["--min-shape", "1x1x32x32", "--opt-shape", "1x1x32x32", "--max-shape", "1x1x32x32"]
+
+
+def test_dla_engines_run_one_static_shape_report_their_dla_layers_and_tile_to_it(tmp_path):
+    """#24 item 1: a dynamic profile puts no layer on the DLA (NVIDIA/TensorRT#2318), so a DLA engine is built for
+    one shape, says how many layers run on the DLA, and mdrn-infer tiles and pads slices to exactly that shape."""
+    dla = {"MDRN_TRT_EMU_DLA_CORES": "2"}
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "none", "--fp16", "--dla-core", "0", *STATIC, "--json",
                env=emu_env(tmp_path))
     one_line(proc, 2, "this device has no DLA")
-    proc = run("export", "mdrn-x4", "--output", tmp_path / "fp32", "--dla-core", "0", "--json", env=emu_env(tmp_path))
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "fp32", "--dla-core", "0", *STATIC, "--json",
+               env=emu_env(tmp_path))
     one_line(proc, 2, "the DLA runs FP16 or INT8 only")
-    result, sidecar = export(tmp_path, "dla", "--fp16", "--dla-core", "1", env_settings={"MDRN_TRT_EMU_DLA_CORES": "2"})
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "dyn", "--fp16", "--dla-core", "0", "--json",
+               env=emu_env(tmp_path, **dla))
+    one_line(proc, 2, "the DLA runs one static shape")
+    result, sidecar = export(tmp_path, "dla", "--fp16", "--dla-core", "1", *STATIC, env_settings=dla)
     assert sidecar["dla_core"] == 1 and "GPU_FALLBACK" in sidecar["flags"] and "--useDLACore=1" in sidecar["trtexec"]
-    proc = run("infer", make_series(tmp_path / "in", 1), "--output", tmp_path / "out", "--model", result["engine"],
-               env=emu_env(tmp_path, MDRN_TRT_EMU_DLA_CORES="2"))
-    assert proc.returncode == 0, proc.stderr
+    assert sidecar["dla_layers"] > 0 and sidecar["gpu_layers"] > 0  # convolutions on DLA; shuffle, CCA on the GPU
+    engine = next(a for a in result["artifacts"] if a["format"] == "engine")
+    assert engine["checks"]["dla_layers"] == sidecar["dla_layers"]
+    for name, size in (("small", 24), ("large", 64)):  # padded up to 32, and tiled into 32 x 32 tiles
+        src = make_series(tmp_path / f"in-{name}", 1, size=size)
+        proc = run("infer", src, "--output", tmp_path / f"out-{name}", "--model", result["engine"], "--json",
+                   "--no-progress", env=emu_env(tmp_path, **dla))
+        assert proc.returncode == 0, proc.stderr
+        out = pydicom.dcmread(next((tmp_path / f"out-{name}").glob("*.dcm")))
+        assert (out.Rows, out.Columns) == (4 * size, 4 * size)
+    shapes = {tuple(e["shape"]) for e in events(tmp_path, "execute") if "shape" in e}
+    assert shapes <= {(1, 1, 32, 32)}, shapes  # the engine only ever saw its one shape
 
 
 def test_an_int8_engine_is_built_from_the_qdq_onnx(tmp_path):

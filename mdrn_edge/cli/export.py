@@ -36,7 +36,7 @@ def _shape(dims: tuple[int, ...]) -> str:
 @click.option("--timing-cache-ignore-mismatch", is_flag=True, help="Use a --timing-cache made on a GPU whose device properties differ from this one's (TensorRT compares more than the compute capability); tactics may then be slower.")
 @click.option("--version-compatible", is_flag=True, help="Version-compatible engine: runs on this and later TensorRT releases of its major and the next one (10.x -> 11.x; no other combination); its plan embeds TensorRT's lean runtime (host code: mdrn-infer then needs --allow-host-code).")
 @click.option("--exclude-lean-runtime", is_flag=True, help="With --version-compatible: leave the lean runtime out of the plan; the same TensorRT version (or its lean runtime, tensorrt_lean) runs it without host code, and a later one when mdrn-infer is given --lean-runtime.")
-@click.option("--dla-core", type=click.IntRange(0, 15), help="Build for this Jetson DLA core (FP16 or INT8; layers the DLA cannot run fall back to the GPU).")
+@click.option("--dla-core", type=click.IntRange(0, 15), help="Build for this Jetson DLA core (FP16 or INT8; one static shape: equal --min/--opt/--max-shape, a tile mdrn-infer tiles and pads to; layers the DLA cannot run fall back to the GPU; the layers on each are reported).")
 @click.option("--opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimisation level (default 3).")
 @click.option("--check-data", multiple=True, help="Real HR slices of one series (DICOM/NIfTI) for the checks  [default: the bundled sample, plus pydicom-data's MR slices where installed].")
 @click.option("--max-psnr-drop", type=float, default=0.05, help="Largest FP16 PSNR loss (dB) against FP32 before the export fails.")

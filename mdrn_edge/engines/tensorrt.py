@@ -38,6 +38,11 @@ class Profile:
     opt: tuple[int, int, int, int]
     max: tuple[int, int, int, int]
 
+    @property
+    def is_static(self) -> bool:
+        """One shape only (min = opt = max): what a DLA engine needs."""
+        return self.min == self.opt == self.max
+
     @classmethod
     def parse(cls, min_shape: str, opt_shape: str, max_shape: str) -> "Profile":
         shapes = [parse_shape(s, f"--{k}-shape") for s, k in ((min_shape, "min"), (opt_shape, "opt"), (max_shape, "max"))]
@@ -120,6 +125,10 @@ class EngineOptions:
             raise InputError("--exclude-lean-runtime applies to version-compatible engines: add --version-compatible")
         if self.dla_core is not None and self.precision == "fp32":
             raise InputError("--dla-core: the DLA runs FP16 or INT8 only; add --fp16 or --int8")
+        if self.dla_core is not None and not self.profile.is_static:
+            raise InputError("--dla-core: the DLA runs one static shape (TensorRT's DLA restrictions: a dynamic profile "
+                             "puts no layer on it): give equal --min-shape, --opt-shape and --max-shape, a tile such as "
+                             "1x1x128x128; mdrn-infer tiles and pads slices to it")
 
 
 def trtexec_command(onnx: Path, engine: Path, opts: EngineOptions, strongly_typed: bool, pinned: list[str]) -> str:
@@ -157,6 +166,16 @@ def _parse_onnx(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
         detail = "; ".join(f"node {e.node()} ({e.node_name()}): {e.desc()}" for e in errors) or "no detail"
         raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {detail}")
     return network, parser
+
+
+def dla_layers(config, network, core: int) -> dict[str, int]:
+    """How many of the network's layers TensorRT can place on the DLA with this configuration (the rest run on the
+    GPU); an engine with none on it is refused: it would run on the GPU under a DLA label."""
+    on_dla = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
+    if on_dla == 0:
+        raise EngineBuildError(f"--dla-core {core}: no layer of this network can run on the DLA with this profile and "
+                               "precision; build for the GPU (leave out --dla-core)")
+    return {"dla_layers": on_dla, "gpu_layers": network.num_layers - on_dla}
 
 
 def _use_dla(trt, builder, config, core: int) -> list[str]:
@@ -271,6 +290,7 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
     trt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
     if config.add_optimization_profile(trt_profile) < 0:
         raise EngineBuildError(f"TensorRT rejected the profile {profile.to_dict()}")
+    placement = dla_layers(config, network, opts.dla_core) if opts.dla_core is not None else {}
     _load_timing_cache(config, opts.timing_cache, opts.timing_cache_ignore_mismatch, trt.__version__)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -298,6 +318,7 @@ def build_engine(source: Path, engine_path: Path, opts: EngineOptions, fp16_onnx
         "version_compatible": opts.version_compatible,
         "lean_runtime": ("excluded" if opts.exclude_lean_runtime else "embedded") if opts.version_compatible else None,
         "dla_core": opts.dla_core,
+        **placement,
         "hardware_compatibility_level": None,
         "strongly_typed": strongly_typed,
         "trtexec": trtexec_command(source, engine_path, opts, strongly_typed, pinned),

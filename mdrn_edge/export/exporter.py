@@ -294,11 +294,11 @@ def export_engine(job: ExportJob) -> Artifact:
                      else (cfg.max_psnr_drop, "--max-psnr-drop"))
     checks = gate(job.onnx_runner(fp32), engine, pairs, "the engine", max_psnr_drop=limit, limit_option=option)
     return Artifact("engine", path, precision, {**checks, "tensorrt_version": sidecar["tensorrt_version"],
-                                                 "gpu": sidecar["gpu"]["name"], "dla_core": sidecar["dla_core"]},
+                                                 "gpu": sidecar["gpu"]["name"], "dla_core": sidecar["dla_core"],
+                                                 **{k: sidecar[k] for k in ("dla_layers", "gpu_layers") if k in sidecar}},
                     sidecar["build_seconds"])
 
 
-# name -> (what it writes, the function); the CLI, the benchmarks and the summary all read this one table.
 @_timed("triton")
 def export_triton(job: ExportJob) -> Artifact:
     """A Triton model repository: the FP32 ONNX (ONNX Runtime backend; with --fp16/--int8, its TensorRT accelerator
@@ -325,6 +325,7 @@ def export_triton(job: ExportJob) -> Artifact:
                                                    "instances": options.instances, "tensorrt_accelerator": precision})
 
 
+# name -> (what it writes, the function); the CLI, the benchmarks and the summary all read this one table.
 FORMATS: dict[str, tuple[str, Callable[[ExportJob], Artifact]]] = {
     "onnx": ("FP32 ONNX, dynamic batch/H/W, checked against PyTorch", export_onnx_fp32),
     "onnx_fp16": ("FP16 ONNX, FP16-unsafe layers in FP32, PSNR-gated", export_onnx_fp16),

@@ -47,6 +47,21 @@ def plan_batch(runner: Runner, shape: tuple[int, int], tile: int | None, batch: 
     return int(min(batch or default, fit, most))
 
 
+def padded_to_profile(infer: Callable[[np.ndarray], np.ndarray], minimum: tuple[int, ...],
+                      scale: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``infer`` for inputs smaller than an engine profile's smallest H x W (a static DLA engine runs one shape, a
+    dynamic one from its minimum): they are padded at the bottom and right by repeating their last row and column,
+    and the output is cropped back to their own size."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        h, w = batch.shape[-2:]
+        ph, pw = max(0, minimum[0] - h), max(0, minimum[1] - w)
+        if not (ph or pw):
+            return infer(batch)
+        return infer(np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge"))[..., : h * scale, : w * scale]
+
+    return run
+
+
 def resolve_tile(tile: int | str | None, shape: tuple[int, int],
                  limits: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> int | None:
     """The tile size to use: ``"auto"`` tiles slices larger than :data:`DEFAULT_TILE` (faster on a CPU and
@@ -91,6 +106,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
     overlap = DEFAULT_OVERLAP if overlap is None else overlap
     if tile and overlap >= tile:
         raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    infer = padded_to_profile(runner.infer, limits[0][2:], runner.scale) if limits else runner.infer
     bounds = (float(volume.data.min()), float(volume.data.max())) if clip == "series" else None
     scaling = runner.info.normalizer.fit(volume.data)
     x = scaling.normalize(volume.data)
@@ -106,8 +122,8 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
 
     def sr_of(lr: np.ndarray) -> np.ndarray:  # one normalised slice, as the run infers it (the checker's ensemble)
         if tile:
-            return run_tiled(runner.infer, lr, s, tile, overlap, per_call, largest)
-        return runner.infer(lr[None, None])[0, 0]
+            return run_tiled(infer, lr, s, tile, overlap, per_call, largest)
+        return infer(lr[None, None])[0, 0]
 
     def checked(k: int, sr: np.ndarray) -> np.ndarray:  # slice k through the checker, in normalised units
         limits = scaling.normalize(np.asarray(bounds, np.float32)[None, None], first=k).ravel() if bounds else None
@@ -121,7 +137,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
             chunk = finished(i, checked(i, sr_of(x[i])))[None]
         elif tile:
             out = None
-            for row, rows in tiled_rows(runner.infer, x[i], s, tile, overlap, per_call, largest):
+            for row, rows in tiled_rows(infer, x[i], s, tile, overlap, per_call, largest):
                 for k in range(0, len(rows), FINISH_ROWS):
                     done = finish(i, rows[k : k + FINISH_ROWS])
                     if out is None:
@@ -129,7 +145,7 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
                     out[row + k : row + k + len(done)] = done
             chunk = out[None]
         else:
-            sr = runner.infer(x[i : i + per_call, None])[:, 0]
+            sr = infer(x[i : i + per_call, None])[:, 0]
             chunk = np.stack([finish(i + k, checked(i + k, one) if checker else one) for k, one in enumerate(sr)])
         yield i, chunk
         if progress:

@@ -318,6 +318,12 @@ class ITimingCache:
         return True
 
 
+# the ONNX operators whose TensorRT layers DLA runs (convolution, activation, element-wise, concatenation, pooling,
+# scale); depth-to-space (the upsampler's shuffle) and reductions (CCA's statistics) fall back to the GPU
+DLA_LAYER_TYPES = {"Conv", "Relu", "LeakyRelu", "Sigmoid", "Add", "Mul", "Sub", "Concat", "MaxPool", "AveragePool",
+                   "BatchNormalization", "Clip", "PRelu"}
+
+
 class IBuilderConfig:
     def __init__(self, logger: "Logger | None" = None) -> None:
         self.logger = logger
@@ -376,6 +382,13 @@ class IBuilderConfig:
                                               f"{body.get('version')}. The timing cache will not be used!")
             return ITimingCache({}, compute_capability())
         return ITimingCache(body["entries"], body["cc"], body["version"])
+
+    def can_run_on_DLA(self, layer: ILayer) -> bool:  # noqa: N802  (TensorRT's name)
+        """As TensorRT's DLA restrictions: layers of the kinds DLA runs, and only with one static shape per input
+        (a dynamic profile puts no layer on the DLA, NVIDIA/TensorRT#2318)."""
+        static = bool(self.profiles) and all(len({tuple(s) for s in shapes}) == 1
+                                              for p in self.profiles for shapes in p.shapes.values())
+        return static and layer.type in DLA_LAYER_TYPES
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
         if cache.cc != compute_capability() and not ignore_mismatch:
