@@ -233,6 +233,9 @@ def test_dla_engines_run_one_static_shape_report_their_dla_layers_and_tile_to_it
     proc = run("export", "mdrn-x4", "--output", tmp_path / "fp32", "--dla-core", "0", *STATIC, "--json",
                env=emu_env(tmp_path))
     one_line(proc, 2, "the DLA runs FP16 or INT8 only")
+    proc = run("export", "mdrn-x4", "--output", tmp_path / "int8", "--int8", "--calibration", mr_small(), "--dla-core",
+               "0", *STATIC, "--json", env=emu_env(tmp_path, **dla))
+    one_line(proc, 2, "not an explicitly quantised (Q/DQ) network")
     proc = run("export", "mdrn-x4", "--output", tmp_path / "dyn", "--fp16", "--dla-core", "0", "--json",
                env=emu_env(tmp_path, **dla))
     one_line(proc, 2, "the DLA runs one static shape")

@@ -124,7 +124,11 @@ class EngineOptions:
         if self.exclude_lean_runtime and not self.version_compatible:
             raise InputError("--exclude-lean-runtime applies to version-compatible engines: add --version-compatible")
         if self.dla_core is not None and self.precision == "fp32":
-            raise InputError("--dla-core: the DLA runs FP16 or INT8 only; add --fp16 or --int8")
+            raise InputError("--dla-core: the DLA runs FP16 or INT8 only; add --fp16")
+        if self.dla_core is not None and self.precision == "int8":
+            raise InputError("--dla-core with --int8: the DLA of TensorRT 10.3 (JetPack 6.1) takes INT8 only from implicit "
+                             "calibration, not an explicitly quantised (Q/DQ) network, which is what mdrn-export writes "
+                             "(Q/DQ for DLA came with TensorRT 10.11); use --fp16 for the DLA")
         if self.dla_core is not None and not self.profile.is_static:
             raise InputError("--dla-core: the DLA runs one static shape (TensorRT's DLA restrictions: a dynamic profile "
                              "puts no layer on it): give equal --min-shape, --opt-shape and --max-shape, a tile such as "
