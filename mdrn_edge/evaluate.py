@@ -18,10 +18,10 @@ from mdrn_edge.data.degradation import crop_to_multiple, degrade_with, rician_no
 from mdrn_edge.data.normalize import Normalizer
 from mdrn_edge.errors import InputError
 from mdrn_edge.metrics import background_texture, paired_test, psnr, ssim
-from mdrn_edge.modelinfo import PROTOCOLS
+from mdrn_edge.modelinfo import PROTOCOL_KERNELS, PROTOCOLS
 from mdrn_edge.runtime.base import Runner
 
-KERNELS = {"antialiased": "matlab", "paper": "torch"}  # the degradation kernel of each protocol
+KERNELS = PROTOCOL_KERNELS  # the degradation kernel of each protocol
 
 
 @dataclass

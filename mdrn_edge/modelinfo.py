@@ -17,6 +17,7 @@ from mdrn_edge.errors import ModelFileError
 METADATA_KEY = "mdrn_edge"
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 PROTOCOLS = ("antialiased", "paper")
+PROTOCOL_KERNELS = {"antialiased": "matlab", "paper": "torch"}  # the bicubic degradation kernel of each protocol
 PRECISIONS = ("fp32", "fp16", "int8")
 
 

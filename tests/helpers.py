@@ -31,6 +31,14 @@ def train_tiny(out: Path, scale: int = 4, iterations: int = 2, *extra: str) -> P
     return out / "last.pt"
 
 
+def one_error_line(res, code: int) -> str:
+    """A CliRunner result that failed with ``code`` and said so in exactly one ``Error:`` line on stderr."""
+    assert res.exit_code == code, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output, res.stderr
+    return lines[0]
+
+
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 

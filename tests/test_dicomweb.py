@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from corpus import make_series, real_series
-from helpers import free_port, start_dicomweb_orthanc, start_orthanc
+from helpers import free_port, one_error_line, start_dicomweb_orthanc, start_orthanc
 from mdrn_edge.cli.infer import command as infer_cli
 from mdrn_edge.cli.main import main as mdrn_cli
 from mdrn_edge.runtime.dicomweb import AUTH_ENV, WebResource, stow_outcomes
@@ -32,14 +32,6 @@ TOKEN = "s3cret-token-never-shown"
 
 def infer(*args, env=None):
     return CliRunner().invoke(infer_cli, [*map(str, args), "--no-progress", "--backend", "onnxruntime"], env=env)
-
-
-def one_line(res, code):
-    assert res.exit_code == code, res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
-    assert "Traceback" not in res.output
-    return lines[0]
 
 
 def uids(folder: Path) -> tuple[str, str]:
@@ -169,7 +161,7 @@ def test_mdrn_send_stores_an_output_by_stow_with_a_bearer_token_from_the_environ
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["sent"] == 2
     res = CliRunner().invoke(mdrn_cli, ["send", str(out), "--to", server.url], env={AUTH_ENV: "Bearer wrong"})
-    line = one_line(res, 8)
+    line = one_error_line(res, 8)
     assert "401" in line and AUTH_ENV in line and "wrong" not in res.output and TOKEN not in res.output
 
 
@@ -183,11 +175,11 @@ def test_basic_credentials_from_a_file_and_never_in_the_url(tmp_path, relay):
     assert seen and all(a == "Basic YWxpY2U6d29uZGVy" for a in seen)
     res = infer(make_series(tmp_path / "in2", 1), "--output", tmp_path / "out2", "--send",
                 server.url.replace("http://", "http://alice:wonder@"))
-    line = one_line(res, 2)
+    line = one_error_line(res, 2)
     assert "credentials in the URL are refused" in line and "wonder" not in res.output
     auth.write_text("alice wonder")
     res = infer(make_series(tmp_path / "in3", 1), "--output", tmp_path / "out3", "--send", server.url, "--auth-file", auth)
-    line = one_line(res, 2)
+    line = one_error_line(res, 2)
     assert "neither 'Bearer TOKEN' nor 'Basic USER:PASSWORD'" in line and "wonder" not in res.output
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
 
@@ -196,7 +188,7 @@ def test_basic_credentials_from_a_file_and_never_in_the_url(tmp_path, relay):
 def test_a_refusal_before_inference_writes_nothing(tmp_path, relay):
     server = relay(lambda handler, body: handler.reply(401) or True)
     res = infer(make_series(tmp_path / "in", 1), "--output", tmp_path / "out", "--send", server.url)
-    assert "refused our credentials (401" in one_line(res, 8)
+    assert "refused our credentials (401" in one_error_line(res, 8)
     assert not (tmp_path / "out").exists() and len(server.requests) == 1  # a 4xx is never retried
 
 
@@ -240,16 +232,16 @@ def test_a_server_that_never_answers_is_one_line_within_the_timeout(tmp_path, re
     t0 = time.monotonic()
     res = infer(make_series(tmp_path / "in", 1), "--output", tmp_path / "out", "--send", server.url,
                 "--http-timeout", "0.5", "--http-retries", "1")
-    assert "no answer within 0.5 s (after 2 tries)" in one_line(res, 8)
+    assert "no answer within 0.5 s (after 2 tries)" in one_error_line(res, 8)
     assert time.monotonic() - t0 < 15 and not (tmp_path / "out").exists()
 
 
 def test_a_dead_server_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     res = infer(make_series(tmp_path / "in", 1), "--output", tmp_path / "out", "--send", url, "--http-retries", "0")
-    assert "unreachable (after 1 tries)" in one_line(res, 8)
+    assert "unreachable (after 1 tries)" in one_error_line(res, 8)
     res = infer(f"{url}/studies/1.2.3/series/4.5.6", "--output", tmp_path / "out", "--http-retries", "0")
-    assert "unreachable" in one_line(res, 8) and not (tmp_path / "out").exists()
+    assert "unreachable" in one_error_line(res, 8) and not (tmp_path / "out").exists()
 
 
 def test_a_partial_stow_failure_keeps_the_output_and_reports_each_instance(tmp_path, relay, web):
@@ -269,7 +261,7 @@ def test_a_partial_stow_failure_keeps_the_output_and_reports_each_instance(tmp_p
 
     server = relay(fail_first)
     res = infer(make_series(tmp_path / "in", 3), "--output", tmp_path / "out", "--send", server.url, "--json")
-    line = one_line(res, 8)
+    line = one_error_line(res, 8)
     assert "1 of 3 instances not stored (failure 0xA700)" in line and f"mdrn send {tmp_path / 'out'} --to" in line
     result = json.loads(res.stdout)
     assert [i["status"] for i in result["send"]["instances"]] == ["failed", "stored", "stored"]
@@ -280,13 +272,13 @@ def test_a_partial_stow_failure_keeps_the_output_and_reports_each_instance(tmp_p
 
 def test_urls_that_are_not_a_series_or_a_service_root_are_one_line(tmp_path):
     res = infer("https://pacs.example/dicom-web", "--output", tmp_path / "out")
-    assert "give a study or series URL" in one_line(res, 2)
+    assert "give a study or series URL" in one_error_line(res, 2)
     res = infer(make_series(tmp_path / "in", 1), "--output", tmp_path / "out",
                 "--send", "https://pacs.example/dicom-web/studies/1.2.3")
-    assert "give the service root" in one_line(res, 2)
+    assert "give the service root" in one_error_line(res, 2)
     res = infer(make_series(tmp_path / "in2", 1), "--output", tmp_path / "out", "--send", "https://pacs.example/dicom-web",
                 "--calling-aet", "ME")
-    assert "--calling-aet is a DIMSE AE title" in one_line(res, 2)
+    assert "--calling-aet is a DIMSE AE title" in one_error_line(res, 2)
     assert WebResource.parse("https://h/dicom-web/studies/1.2/series/3.4/").series == "3.4"
 
 
@@ -340,4 +332,4 @@ def test_insecure_is_said_once_and_a_missing_ca_bundle_is_one_line(tmp_path, rel
     assert res.returncode == 0, res.stderr
     assert res.stderr.count("TLS certificates are not verified (--insecure)") == 1
     res = infer(src, "--output", tmp_path / "out2", "--send", server.url, "--ca-bundle", tmp_path / "none.pem")
-    assert "--ca-bundle" in one_line(res, 2) and not (tmp_path / "out2").exists()
+    assert "--ca-bundle" in one_error_line(res, 2) and not (tmp_path / "out2").exists()

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from corpus import ROOT, make_series, real_series
-from helpers import free_port
+from helpers import free_port, one_error_line
 from mdrn_edge.cli.export import command as export_cli
 from mdrn_edge.cli.infer import command as infer_cli
 from mdrn_edge.errors import ModelFileError
@@ -34,13 +34,6 @@ pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: 
 
 def infer(*args):
     return CliRunner().invoke(infer_cli, [*map(str, args), "--no-progress"])
-
-
-def one_line(res, code):
-    assert res.exit_code == code, res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output, res.stderr
-    return lines[0]
 
 
 # --- the repository -------------------------------------------------------------------------------------------------
@@ -202,14 +195,14 @@ def test_four_concurrent_clients_are_batched_by_triton(served):
 def test_a_missing_model_or_server_is_one_line(tmp_path, served):
     src = make_series(tmp_path / "in", 1)
     res = infer(src, "--output", tmp_path / "o1", "--model", f"triton://127.0.0.1:{served.http}/nope")
-    assert "model 'nope' is not ready on the server" in one_line(res, 10)
+    assert "model 'nope' is not ready on the server" in one_error_line(res, 10)
     res = infer(src, "--output", tmp_path / "o2", "--model", f"grpc://127.0.0.1:{free_port()}/mdrn-x4")
-    assert "failed after 4 tries" in one_line(res, 10)
+    assert "failed after 4 tries" in one_error_line(res, 10)
     res = infer(src, "--output", tmp_path / "o3", "--model", "triton://127.0.0.1/mdrn-x4")
-    assert "triton://HOST:PORT/NAME" in one_line(res, 2)
+    assert "triton://HOST:PORT/NAME" in one_error_line(res, 2)
     res = infer(src, "--output", tmp_path / "o4", "--model", f"triton://127.0.0.1:{served.http}/mdrn-x4",
                 "--backend", "openvino")
-    assert "leave out --backend" in one_line(res, 2)
+    assert "leave out --backend" in one_error_line(res, 2)
     assert not any((tmp_path / f"o{k}").exists() for k in range(1, 5))
 
 

@@ -370,6 +370,7 @@ def main(args: list[str]) -> None:
             for old in keep.iterdir():
                 shutil.copy2(old, WEIGHTS / old.name)
             sys.exit(refused)
+        shutil.rmtree(keep, ignore_errors=True)
         index[record["name"]] = record
         shipped.append(record["name"])
     for name in sorted(index):  # measure what was shipped now, what was never measured, or all with --card

@@ -40,7 +40,7 @@ import numpy as np
 from mdrn_edge.data.degradation import degrade_with, resize_matrix, upscale
 from mdrn_edge.errors import ModelFileError
 from mdrn_edge.metrics import BACKGROUND_LEVEL, psnr
-from mdrn_edge.modelinfo import ModelInfo
+from mdrn_edge.modelinfo import PROTOCOL_KERNELS, ModelInfo
 
 CHECK_MODES = ("off", "fast", "full")  # fast: consistency and grid energy; full: and the self-ensemble's spread
 GRID_BAND = 1 / 8  # half-width, in LR sampling frequencies, of the band around each LR grid frequency
@@ -137,7 +137,7 @@ class CheckConfig:
 # --- the forward model ----------------------------------------------------------------------------------------------
 def kernel_of(info: ModelInfo) -> str:
     """The bicubic kernel of the model's protocol (``paper``: PyTorch's; otherwise MATLAB's antialiased)."""
-    return "torch" if info.protocol == "paper" else "matlab"
+    return PROTOCOL_KERNELS[info.protocol]
 
 
 def forward_model(info: ModelInfo) -> Callable[[np.ndarray], np.ndarray]:

@@ -106,7 +106,7 @@ class WebResource:
 
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
-    return url.replace(f"{parts.username or ''}:{parts.password or ''}@", "").replace(f"{parts.username or ''}@", "")
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,7 +155,7 @@ def client(base: str, config: WebConfig):
     return c
 
 
-def explain(exc: Exception, where: str, config: WebConfig, hint: str = "") -> PacsError:
+def explain(exc: Exception, where: str, config: WebConfig) -> PacsError:
     """One line for what a request met: refused credentials, not found, too large, a server error after the
     retries, no answer, a TLS failure, nothing listening. Never the Authorization header, never a body."""
     import requests
@@ -181,7 +181,7 @@ def explain(exc: Exception, where: str, config: WebConfig, hint: str = "") -> Pa
                      + (f" {tries}" if code >= 500 else "; a refusal that retrying cannot change"))
     else:
         why = f"failed ({printable(type(exc).__name__)})"
-    return PacsError(f"{where}: {why}" + (f"; {hint}" if hint else ""))
+    return PacsError(f"{where}: {why}")
 
 
 def check_server(base: str, config: WebConfig) -> None:
@@ -257,7 +257,7 @@ class StowResult:
         return {"protocol": "STOW-RS", "url": self.url, "stored": self.stored, "instances": self.instances}
 
 
-def _post(c, datasets: list, url: str, config: WebConfig) -> dict | None:
+def _post(c, datasets: list) -> dict | None:
     """One STOW request; a 409 (every instance failed) carries the same per-instance body as a 200/202."""
     import requests
 
@@ -290,7 +290,7 @@ def stow(folder: Path, base: str, config: WebConfig, batch_bytes: int = STOW_BAT
             group.append(files[k + len(group)])
         datasets = [pydicom.dcmread(f) for f in group]
         try:
-            answer = _post(c, datasets, base, config)
+            answer = _post(c, datasets)
         except requests.exceptions.HTTPError as exc:
             if exc.response is not None and exc.response.status_code == 413 and len(group) > 1:
                 batch_bytes = max(1, size // 2)

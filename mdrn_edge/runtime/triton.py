@@ -66,12 +66,10 @@ class TritonRunner(Runner):
         self.path = self.address  # what every message names
         self.timeout, self.retries = timeout, retries
         self.client: Any = None
+        self.module: Any = None  # tritonclient.http or .grpc, imported at activation
         self.max_batch = 0
         self.sha256 = ""
         self.served_by = ""  # what the server's runners compute in (mdrn-serve says; an NGC Triton does not)
-
-    def _module(self):
-        return require(f"tritonclient.{self.address.protocol}", "triton")
 
     def _call(self, what: str, call, *args: Any, **kwargs: Any) -> Any:
         """One request, retried on connection failures with doubling waits; a refusal by the server is one line."""
@@ -101,7 +99,7 @@ class TritonRunner(Runner):
     def activate_impl(self) -> None:
         from mdrn_edge.export.triton import SERVED_KEY, SHA_KEY, info_of
 
-        module = self._module()
+        module = self.module = require(f"tritonclient.{self.address.protocol}", "triton")
         if self.address.protocol == "http":
             self.client = module.InferenceServerClient(self.address.url, connection_timeout=self.timeout,
                                                        network_timeout=self.timeout)
@@ -138,7 +136,7 @@ class TritonRunner(Runner):
             return []
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        module, name = self._module(), self.address.model
+        module, name = self.module, self.address.model
         step = self.max_batch or len(batch)
         outs = []
         for k in range(0, len(batch), step):
