@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -84,9 +85,18 @@ def test_fp16_engine_pins_cca_to_fp32_under_obey_and_the_trtexec_line_says_so(en
     result, sidecar = built["fp16"]
     build = events(tmp, "build")[1]
     assert {"FP16", "OBEY_PRECISION_CONSTRAINTS"} <= set(build["flags"])
-    assert build["fp32_layers"] == sidecar["fp32_layers"] and len(sidecar["fp32_layers"]) >= 8
-    assert all("attn" in name for name in sidecar["fp32_layers"]) and not build["pinned_without_obey"]
-    assert "--layerPrecisions=" in sidecar["trtexec"] and "--layerOutputTypes=" in sidecar["trtexec"]
+    assert build["fp32_layers"] == sidecar["fp32_layers"] and not build["pinned_without_obey"]
+    # #24: names as TensorRT's ONNX parser gives them: no layer for CCA's Constant nodes, a constant layer named
+    # after each value and an ONNXTRT_Broadcast_N before its use, pinned with the 7 statistics layers of each block
+    pinned, layers = sidecar["fp32_layers"], set(build["layers"])
+    assert set(pinned) <= layers and not [n for n in layers if re.search(r"/attn/Constant(_\d+)?$", n)]
+    block = [n for n in pinned if n.startswith("/body.0/") or n in ("ONNXTRT_Broadcast", "ONNXTRT_Broadcast_0")]
+    assert block == ["/body.0/attn/ReduceMean", "/body.0/attn/Sub", "/body.0/attn/Constant_output_0", "ONNXTRT_Broadcast",
+                     "/body.0/attn/Pow", "/body.0/attn/ReduceMean_1", "/body.0/attn/Constant_1_output_0",
+                     "ONNXTRT_Broadcast_0", "/body.0/attn/Add", "/body.0/attn/Sqrt", "/body.0/attn/Add_1"], block
+    assert len(pinned) == 8 * 11 and len({n for n in pinned if n.startswith("ONNXTRT_Broadcast")}) == 16
+    precisions = re.search(r"--layerPrecisions=(\S+)", sidecar["trtexec"]).group(1)
+    assert precisions.split(",") == [f"{n}:fp32" for n in pinned] and "--layerOutputTypes=" in sidecar["trtexec"]
     engine = next(a for a in result["artifacts"] if a["format"] == "engine")
     assert engine["checks"]["psnr_drop_db"] <= 0.05
 
@@ -255,12 +265,26 @@ def test_dla_engines_run_one_static_shape_report_their_dla_layers_and_tile_to_it
     assert shapes <= {(1, 1, 32, 32)}, shapes  # the engine only ever saw its one shape
 
 
-def test_an_int8_engine_is_built_from_the_qdq_onnx(tmp_path):
+def test_an_int8_engine_is_built_from_the_qdq_onnx_and_runs_its_float_layers_in_fp16(tmp_path, emulator):
+    """#24 items 4 and the emulator: an INT8 plan (FP16 + INT8 flags) runs the layers left unquantised in FP16, as
+    TensorRT does; pinned to FP32 everywhere it computes the Q/DQ graph exactly as ONNX Runtime does."""
+    import onnxruntime as ort
+
+    from mdrn_edge.export.fp16 import load_onnx_info
+
     result, sidecar = export(tmp_path, "int8", "--int8", "--calibration", mr_small())
     assert result["onnx_int8"] and sidecar["precision"] == "int8" and {"INT8", "FP16"} <= set(sidecar["flags"])
     assert sidecar["onnx"].endswith(".int8.onnx") and "--int8" in sidecar["trtexec"]
     engine = next(a for a in result["artifacts"] if a["format"] == "engine")
     assert engine["checks"]["psnr_drop_db"] <= 0.1
+    qdq = Path(result["onnx_int8"])
+    info = load_onnx_info(Path(result["onnx"]))
+    lr = _real_lr(info)
+    want = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"lr": lr})[0]
+    fp16 = _plan_session(emulator, qdq, info.fp32_layers, int8=True).run(None, {"lr": lr})[0]
+    fp32 = _plan_session(emulator, qdq, None, int8=True, pin_all=True).run(None, {"lr": lr})[0]
+    # FP16 rounding ahead of a Q node can move a value across a quantisation step: up to about 1% of the range
+    assert np.abs(fp32 - want).max() < 1e-5 < np.abs(fp16 - want).max() < 2e-2 * np.abs(want).max()
 
 
 @pytest.mark.parametrize("precision,options", [("int8", ["--int8", "--calibration"]), ("fp16", ["--fp16"])])
@@ -354,3 +378,77 @@ def test_an_engine_build_leaves_no_stream_behind(engines, emulator, tmp_path):
     before = emulator.live_streams(), emulator.live_allocations()
     build_engine(Path(built["fp32"][0]["onnx"]), tmp_path / "m.engine", EngineOptions())
     assert (emulator.live_streams(), emulator.live_allocations()) == before and (tmp_path / "m.engine").is_file()
+
+
+# --- #24: the emulator as strict as TensorRT: parser naming, FP16 arithmetic --------------------------------------
+
+def _plan_session(trt, onnx_path: Path, pin: str | None, *, int8: bool = False, pin_all: bool = False):
+    """Parse and build ``onnx_path`` as mdrn-export does (FP16, optionally INT8, ``pin`` pinned to FP32 under
+    OBEY_PRECISION_CONSTRAINTS) and return the plan's ONNX Runtime session, the arithmetic the emulator runs."""
+    from mdrn_edge.engines.tensorrt import pin_fp32_layers
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(onnx_path))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    pin_fp32_layers(trt, network, ".*" if pin_all else pin)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, (1, 1, 16, 16), (1, 1, 64, 64), (1, 1, 128, 128))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    return trt.Runtime(logger).deserialize_cuda_engine(plan).session
+
+
+def _real_lr(info) -> np.ndarray:
+    image = pydicom.dcmread(mr_small()).pixel_array.astype(np.float32)
+    return info.normalizer.fit(image).normalize(image)[None, None].astype(np.float32)
+
+
+def test_the_parser_names_layers_as_onnx_tensorrt_does(emulator, tmp_path):
+    """No layer for a Constant node, a constant layer named after the weights it holds, ONNXTRT_Broadcast for a
+    lower-rank input, and every taken name suffixed _N from one counter (a layer named like a node taken before)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    nodes = [helper.make_node("Constant", [], ["eps"], name="c", value=helper.make_tensor("v", TensorProto.FLOAT, [], [1e-8])),
+             helper.make_node("Add", ["x", "eps"], ["a"], name="n"), helper.make_node("Mul", ["a", "two"], ["b"], name="n"),
+             helper.make_node("Add", ["b", "eps"], ["y"], name="ONNXTRT_Broadcast")]
+    path = tmp_path / "names.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], [two]),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    trt = emulator
+    logger = trt.Logger(trt.Logger.WARNING)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    layers = [(layer.name, layer.type.name) for layer in network.layers]
+    assert layers == [("eps", "CONSTANT"), ("ONNXTRT_Broadcast", "SHUFFLE"), ("n", "ELEMENTWISE"),
+                      ("two", "CONSTANT"), ("ONNXTRT_Broadcast_0", "SHUFFLE"), ("n_1", "ELEMENTWISE"),
+                      ("ONNXTRT_Broadcast_2", "SHUFFLE"), ("ONNXTRT_Broadcast_3", "ELEMENTWISE")], layers
+
+
+def test_an_fp16_plan_computes_in_fp16_so_an_unpinned_cca_overflows(emulator):
+    """#24: FP16 arithmetic in every layer not pinned (not ONNX Runtime's upcasting CPU kernels). A real slice at
+    600x its normalised range keeps every activation within FP16 but puts (x - mean)^2 of CCA past 65504: with CCA
+    pinned as mdrn-export pins it the plan matches FP32 to FP16's rounding, without the pins it is not finite."""
+    import onnxruntime as ort
+
+    from mdrn_edge.export.fp16 import load_onnx_info
+
+    onnx_path = ROOT / "mdrn_edge" / "weights" / "mdrn-x4.onnx"
+    info = load_onnx_info(onnx_path)
+    reference = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    pinned, unpinned = _plan_session(emulator, onnx_path, info.fp32_layers), _plan_session(emulator, onnx_path, None)
+    for k in (1, 600):
+        lr = _real_lr(info) * k
+        want = reference.run(None, {"lr": lr})[0]
+        got = pinned.run(None, {"lr": lr})[0]
+        assert np.isfinite(got).all() and 1e-6 < np.abs(got - want).max() / np.abs(want).max() < 5e-3
+        assert np.isfinite(unpinned.run(None, {"lr": lr})[0]).all() == (k == 1)

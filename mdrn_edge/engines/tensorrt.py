@@ -83,24 +83,40 @@ def import_builder():
     return trt
 
 
+def _weights_carriers(trt, producers: dict[str, Any], tensor) -> list:
+    """The layers that bring weights to a layer input: the ONNX parser's constant layer and any shuffle between
+    (its ``ONNXTRT_Broadcast`` of a scalar); none for an activation."""
+    chain, layer = [], producers.get(tensor.name)
+    while layer is not None and layer.type == trt.LayerType.SHUFFLE and layer.num_inputs == 1:
+        chain.append(layer)
+        layer = producers.get(layer.get_input(0).name)
+    return [*chain, layer] if layer is not None and layer.type == trt.LayerType.CONSTANT else []
+
+
 def pin_fp32_layers(trt, network, pattern: str | None) -> list[str]:
     """Run the architecture's FP16-unsafe layers (MDRN: CCA's statistics) in FP32 inside an FP16 engine (needs
-    OBEY_PRECISION_CONSTRAINTS); ``pattern`` is the model info's ``fp32_layers``."""
-    pinned: list[str] = []
+    OBEY_PRECISION_CONSTRAINTS); ``pattern`` is the model info's ``fp32_layers``, matched against the names the ONNX
+    parser gives (a node's name, ``_N`` added where taken; Constant nodes make no layer). The constants those layers
+    read are pinned with them: the parser makes a constant layer (and a broadcast) of each, which would otherwise
+    run in FP16 and turn CCA's epsilon of 1e-8 into 0."""
     if not pattern:
-        return pinned
+        return []
     regex = re.compile(pattern)
     floats = (trt.float32, trt.float16)
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
-        # only floating-point layers: the parser may add integer shape layers under the same name scope
-        if regex.search(layer.name) and all(t.dtype in floats for t in outputs):
-            layer.precision = trt.float32
-            for k in range(layer.num_outputs):
-                layer.set_output_type(k, trt.float32)
-            pinned.append(layer.name)
-    return pinned
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    producers = {layer.get_output(k).name: layer for layer in layers for k in range(layer.num_outputs)}
+    # only floating-point layers: the parser may add integer shape layers under the same name scope
+    computes_float = lambda layer: all(layer.get_output(k).dtype in floats for k in range(layer.num_outputs))  # noqa: E731
+    matched = [layer for layer in layers if regex.search(layer.name) and computes_float(layer)]
+    carriers = [c for layer in matched for k in range(layer.num_inputs)
+                for c in _weights_carriers(trt, producers, layer.get_input(k)) if computes_float(c)]
+    chosen = {layer.name for layer in [*carriers, *matched]}
+    pinned = [layer for layer in layers if layer.name in chosen]  # in network order, as the sidecar lists them
+    for layer in pinned:
+        layer.precision = trt.float32
+        for k in range(layer.num_outputs):
+            layer.set_output_type(k, trt.float32)
+    return [layer.name for layer in pinned]
 
 
 @dataclass(frozen=True)

@@ -153,11 +153,52 @@ class ITensor:
         self.name, self.dtype, self.shape = name, dtype, shape
 
 
+class LayerType(enum.IntEnum):  # TensorRT's names for the layers the ONNX parser makes of our graphs
+    CONVOLUTION = 0
+    ACTIVATION = 2
+    POOLING = 3
+    CONCATENATION = 8
+    ELEMENTWISE = 9
+    UNARY = 11
+    SHUFFLE = 13
+    REDUCE = 14
+    CONSTANT = 19
+    IDENTITY = 20
+    CAST = 42
+    QUANTIZE = 33
+    DEQUANTIZE = 34
+
+
+# the ONNX operators of our graphs and the TensorRT layer each becomes (an operator missing here fails to parse,
+# as one TensorRT has no importer for would)
+ONNX_LAYERS = {
+    "Conv": LayerType.CONVOLUTION, "Relu": LayerType.ACTIVATION, "LeakyRelu": LayerType.ACTIVATION,
+    "Sigmoid": LayerType.ACTIVATION, "Clip": LayerType.ACTIVATION, "PRelu": LayerType.ACTIVATION,
+    "Add": LayerType.ELEMENTWISE, "Sub": LayerType.ELEMENTWISE, "Mul": LayerType.ELEMENTWISE,
+    "Div": LayerType.ELEMENTWISE, "Pow": LayerType.ELEMENTWISE, "Sqrt": LayerType.UNARY, "Erf": LayerType.UNARY,
+    "Exp": LayerType.UNARY, "ReduceMean": LayerType.REDUCE, "ReduceSum": LayerType.REDUCE,
+    "Concat": LayerType.CONCATENATION, "DepthToSpace": LayerType.SHUFFLE, "Reshape": LayerType.SHUFFLE,
+    "Transpose": LayerType.SHUFFLE, "MaxPool": LayerType.POOLING, "AveragePool": LayerType.POOLING,
+    "BatchNormalization": LayerType.ELEMENTWISE, "Cast": LayerType.CAST, "Identity": LayerType.IDENTITY,
+    "QuantizeLinear": LayerType.QUANTIZE, "DequantizeLinear": LayerType.DEQUANTIZE,
+}
+ELEMENTWISE_OPS = {op for op, kind in ONNX_LAYERS.items() if kind == LayerType.ELEMENTWISE}
+
+
 class ILayer:
-    def __init__(self, name: str, op: str, outputs: list[ITensor]) -> None:
-        self.name, self.type, self._outputs = name, op, outputs
+    def __init__(self, name: str, kind: LayerType, inputs: list[ITensor], outputs: list[ITensor], node: str | None,
+                 op: str | None = None) -> None:
+        self.name, self.type, self._inputs, self._outputs = name, kind, inputs, outputs
+        self._node, self._op = node, op  # the ONNX node it was made for (None: a constant of weights)
         self._precision: DataType | None = None
         self._output_types: dict[int, DataType] = {}
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    def get_input(self, index: int) -> ITensor:
+        return self._inputs[index]
 
     @property
     def num_outputs(self) -> int:
@@ -243,6 +284,11 @@ class OnnxParser:
         return self.errors[index]
 
     def parse_from_file(self, path: str) -> bool:
+        """Layers as onnx-tensorrt 10.x makes them: none for a Constant node (its value becomes weights); a constant
+        layer, named after the weights, where an operator takes weights as a tensor (Conv's own weights and bias are
+        folded into it); an ``ONNXTRT_Broadcast`` shuffle for an element-wise input of lower rank; then the node's
+        layer under its name. Names are unique as ``ImporterContext::generateUniqueName`` makes them: a taken name
+        gets ``_N``, N from one counter for the whole parse."""
         import onnx
 
         if not isinstance(path, str):
@@ -252,21 +298,76 @@ class OnnxParser:
         except Exception as exc:
             self.errors.append(_ParserError(f"cannot read ONNX: {exc}"))
             return False
-        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
-        for init in model.graph.initializer:
-            types[init.name] = init.data_type
-        net = self.network
-        for i, node in enumerate(model.graph.node):
+        graph = model.graph
+        values = {v.name: v.type.tensor_type for v in [*graph.value_info, *graph.output, *graph.input]}
+        weights = {init.name: (init.data_type, len(init.dims)) for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                value = onnx.helper.get_attribute_value(node.attribute[0])
+                weights[node.output[0]] = (getattr(value, "data_type", 1), len(getattr(value, "dims", ())))
+
+        def rank(name: str) -> int:
+            if name in weights:
+                return weights[name][1]
+            return len(values[name].shape.dim) if name in values else 0
+
+        def dtype(name: str) -> DataType:
+            onnx_type = weights[name][0] if name in weights else values[name].elem_type if name in values else 1
+            return ONNX_TYPES.get(onnx_type, float32)
+
+        net, taken, counter, constants = self.network, set(), [0], {}
+        tensors: dict[str, ITensor] = {}
+
+        def unique(base: str) -> str:
+            name = base
+            while name in taken:
+                name = f"{base}_{counter[0]}"
+                counter[0] += 1
+            taken.add(name)
+            return name
+
+        def add(base: str, kind: LayerType, inputs: list[ITensor], outputs: list[ITensor], node: str | None,
+                op: str | None = None) -> ILayer:
+            layer = ILayer(unique(base), kind, inputs, outputs, node, op)
+            net.layers.append(layer)
+            return layer
+
+        for v in graph.input:
+            if v.name not in weights:
+                dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
+                tensors[v.name] = ITensor(v.name, ONNX_TYPES[v.type.tensor_type.elem_type], dims)
+                net.inputs.append(tensors[v.name])
+        for i, node in enumerate(graph.node):
             if not node.name:
                 self.errors.append(_ParserError("nodes need names", i))
                 return False
-            outs = [ITensor(o, ONNX_TYPES.get(types.get(o, 1), float32)) for o in node.output]
-            net.layers.append(ILayer(node.name, node.op_type, outs))
+            if node.op_type == "Constant":
+                continue
+            if node.op_type not in ONNX_LAYERS:
+                self.errors.append(_ParserError(f"No importer registered for op: {node.op_type}", i, node.name))
+                return False
+            inputs = []
+            out_rank = max((rank(n) for n in node.input if n), default=0)
+            for k, name in enumerate(node.input):
+                if not name or (node.op_type == "Conv" and k > 0 and name in weights):
+                    continue  # absent optional input, or weights folded into the convolution
+                if name in weights:
+                    if name not in constants:
+                        out = ITensor(name, dtype(name))
+                        constants[name] = add(name, LayerType.CONSTANT, [], [out], None)
+                    tensor = constants[name].get_output(0)
+                else:
+                    tensor = tensors[name]
+                if node.op_type in ELEMENTWISE_OPS and rank(name) < out_rank:
+                    shuffled = ITensor(f"{name}_broadcast", tensor.dtype)
+                    add("ONNXTRT_Broadcast", LayerType.SHUFFLE, [tensor], [shuffled], node.name)
+                    tensor = shuffled
+                inputs.append(tensor)
+            outs = [ITensor(o, dtype(o)) for o in node.output]
+            tensors.update({t.name: t for t in outs})
+            add(node.name, ONNX_LAYERS[node.op_type], inputs, outs, node.name, node.op_type)
             net.has_qdq |= node.op_type in ("QuantizeLinear", "DequantizeLinear")
-        for v in model.graph.input:
-            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim)
-            net.inputs.append(ITensor(v.name, ONNX_TYPES[v.type.tensor_type.elem_type], dims))
-        for v in model.graph.output:
+        for v in graph.output:
             net.outputs.append(ITensor(v.name, ONNX_TYPES[v.type.tensor_type.elem_type]))
         net.onnx_bytes = model.SerializeToString()
         return True
@@ -388,7 +489,7 @@ class IBuilderConfig:
         (a dynamic profile puts no layer on the DLA, NVIDIA/TensorRT#2318)."""
         static = bool(self.profiles) and all(len({tuple(s) for s in shapes}) == 1
                                               for p in self.profiles for shapes in p.shapes.values())
-        return static and layer.type in DLA_LAYER_TYPES
+        return static and layer._op in DLA_LAYER_TYPES
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
         if cache.cc != compute_capability() and not ignore_mismatch:
@@ -458,15 +559,13 @@ class Builder:
                 return self._error("layers DLA cannot run (depth-to-space, reductions) need BuilderFlag.GPU_FALLBACK")
             dla = config.DLA_core
         obey = _Flag.OBEY_PRECISION_CONSTRAINTS in flags
-        pinned = [layer.name for layer in network.layers if layer._precision == float32 and
-                  all(layer._output_types.get(k) == float32 for k in range(layer.num_outputs))]
-        half_pinned = [layer.name for layer in network.layers if layer._precision is not None and
-                       layer.name not in pinned]
-        if half_pinned:
-            return self._error(f"layers {half_pinned[:3]} have a precision but not every output type set to match")
+        pinned = [layer.name for layer in network.layers if layer._precision == float32]
+        other = [layer.name for layer in network.layers if layer._precision not in (None, float32)]
+        if other:
+            return self._error(f"layers {other[:3]} have a precision the emulator does not model (FP32 only)")
         onnx_bytes = network.onnx_bytes
-        if _Flag.FP16 in flags and not network.has_qdq:  # an INT8 plan runs its Q/DQ graph as quantised
-            onnx_bytes = _fp16_graph(onnx_bytes, pinned if obey else [])
+        if _Flag.FP16 in flags and not strongly_typed:
+            onnx_bytes = _fp16_arithmetic(network, set(pinned) if obey else set())
         if config.timing_cache is not None:  # one entry per (precision flags, network) tuned
             key = "+".join(sorted(f.name for f in flags & {_Flag.FP16, _Flag.INT8})) or "FP32"
             config.timing_cache.entries[f"{key}:{len(network.layers)}"] = compute_capability()
@@ -477,21 +576,100 @@ class Builder:
             "lean_runtime": ("excluded" if _Flag.EXCLUDE_LEAN_RUNTIME in flags else "embedded")
             if _Flag.VERSION_COMPATIBLE in flags else None,
             "flags": sorted(f.name for f in flags), "fp32_layers": pinned if obey else [],
+            "layers": [layer.name for layer in network.layers],
             "pinned_without_obey": [] if obey else pinned, "profiles": profiles, "dla_core": dla,
             "workspace": config.pools.get(MemoryPoolType.WORKSPACE), "opt_level": config.builder_optimization_level,
             "inputs": [t.name for t in network.inputs], "outputs": [t.name for t in network.outputs],
         }
-        record("build", **{k: header[k] for k in ("flags", "fp32_layers", "pinned_without_obey", "dla_core", "lean_runtime")})
+        record("build", **{k: header[k] for k in ("flags", "fp32_layers", "pinned_without_obey", "dla_core", "lean_runtime",
+                                              "layers")})
         head = json.dumps(header).encode()
         return IHostMemory(PLAN_MAGIC + struct.pack("<Q", len(head)) + head + onnx_bytes)
 
 
-def _fp16_graph(onnx_bytes: bytes, keep_fp32: list[str]) -> bytes:
+def _fp16_arithmetic(network: INetworkDefinition, fp32_layers: set[str]) -> bytes:
+    """The network's ONNX graph computing as a weakly typed FP16 plan does on the GPU: every layer not pinned to
+    FP32 takes FP16 inputs and writes an FP16 output (values past 65504 become inf, as on the GPU; ONNX Runtime's
+    CPU kernels would upcast and hide that), weights reach it in FP16, and a pinned layer's weights stay FP32 only
+    where every layer carrying them (their constant layer, a broadcast) is pinned too. A layer with an FP32
+    precision but no output type writes FP32 where all its readers compute in FP32, FP16 otherwise. Q/DQ layers keep
+    their own arithmetic (an INT8 plan's quantised layers); reductions accumulate in FP32 and write FP16."""
     import onnx
-    from onnxconverter_common import float16
+    from onnx import TensorProto, helper
 
-    model = onnx.load_from_string(onnx_bytes)
-    return float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep_fp32).SerializeToString()
+    model = onnx.load_from_string(network.onnx_bytes)
+    graph = model.graph
+    layers = network.layers
+    producer = {id(t): layer for layer in layers for t in layer._outputs}
+    readers: dict[int, list[ILayer]] = {}
+    for layer in layers:
+        for t in layer._inputs:
+            readers.setdefault(id(t), []).append(layer)
+    fp32 = lambda layer: layer.name in fp32_layers  # noqa: E731
+    half_nodes = {layer._node for layer in layers if layer._op and layer._op not in ("QuantizeLinear", "DequantizeLinear")
+                  and not fp32(layer)}
+    main = {layer._node: layer for layer in layers if layer._op}
+    rounded_outputs = set()
+    for node in graph.node:
+        layer = main.get(node.name)
+        if layer is None or not (node.name in half_nodes or fp32(layer)):
+            continue
+        for k, t in enumerate(layer._outputs):
+            chosen = layer._output_types.get(k)
+            wrote_fp32 = fp32(layer) and (chosen == float32 if chosen is not None else
+                                          all(fp32(r) for r in readers.get(id(t), [])))
+            if not wrote_fp32 and t.dtype == float32:
+                rounded_outputs.add(t.name)
+
+    def weights_behind(t: ITensor) -> tuple[str | None, list[ILayer]]:
+        """The weights an input carries, if any, and the layers carrying them (constant, broadcast)."""
+        chain: list[ILayer] = []
+        while id(t) in producer and producer[id(t)]._op is None:
+            chain.append(producer[id(t)])
+            if not chain[-1]._inputs:
+                return t.name, chain
+            t = chain[-1]._inputs[0]
+        return None, chain
+
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    rounded_inputs: dict[str, set[str]] = {}  # node -> its inputs that arrive in FP16
+    for node in graph.node:
+        layer = main.get(node.name)
+        if layer is None:
+            continue
+        if node.name in half_nodes:  # an INT8 layer (its inputs dequantised) takes them as they are
+            rounded_inputs[node.name] = set(node.input) - dequantized
+        elif fp32(layer):  # weights reach it in FP16 where a layer carrying them is not pinned
+            for t in layer._inputs:
+                name, chain = weights_behind(t)
+                if name and not all(fp32(c) for c in chain):
+                    rounded_inputs.setdefault(node.name, set()).add(name)
+    floats = {v.name for v in [*graph.value_info, *graph.input, *graph.output]
+              if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    floats |= {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
+    floats |= {n.output[0] for n in graph.node if n.op_type == "Constant"
+               and helper.get_attribute_value(n.attribute[0]).data_type == TensorProto.FLOAT}
+    nodes, made = [], set()
+
+    def round_half(src: str, dst: str) -> None:
+        nodes.append(helper.make_node("Cast", [src], [f"{dst}__fp16"], to=TensorProto.FLOAT16, name=f"{dst}__to_fp16"))
+        nodes.append(helper.make_node("Cast", [f"{dst}__fp16"], [dst], to=TensorProto.FLOAT, name=f"{dst}__from_fp16"))
+
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in rounded_inputs.get(node.name, ()) and name in floats and name not in rounded_outputs:
+                if name not in made:
+                    round_half(name, f"{name}__in_fp16")
+                    made.add(name)
+                node.input[k] = f"{name}__in_fp16"
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            if name in rounded_outputs:
+                node.output[k] = f"{name}__fp32"
+                round_half(f"{name}__fp32", name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
 
 
 # --- runtime ------------------------------------------------------------------------------------------------------
