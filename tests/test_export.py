@@ -116,17 +116,23 @@ def test_fp16_range_check_refuses_activations_near_the_fp16_limit(exported):
 
 def test_onnx_runtime_tensorrt_ep_gets_fp16_caches_and_a_profile(exported, tmp_path, monkeypatch):
     """#12 item 6: without options the TensorRT EP rebuilds an FP32 engine at every start and for every shape."""
+    from mdrn_edge.export.fp16 import load_onnx_info
     from mdrn_edge.runtime.onnxruntime import tensorrt_ep_options
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     _, result = exported
     fp16 = Path(result["onnx_fp16"])
-    opts = tensorrt_ep_options(fp16, "lr", "fp16")
+    info = load_onnx_info(Path(result["onnx"]))
+    opts = tensorrt_ep_options(fp16, info.with_precision("fp16"))
     assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] and opts["trt_timing_cache_enable"]
-    assert opts["trt_layer_norm_fp32_fallback"] is True and opts["trt_int8_enable"] is False  # CCA's variance in FP32
-    int8 = tensorrt_ep_options(fp16, "lr", "int8")  # #24 item 2: without it TensorRT refuses the Q/DQ model
+    assert opts["trt_int8_enable"] is False
+    # #24 item 3: CCA's statistics off TensorRT (to the CUDA EP, FP32), beside ONNX Runtime's own exclusions
+    excluded = opts["trt_op_types_to_exclude"].split(",")
+    assert excluded[:3] == ["NonMaxSuppression", "NonZero", "RoiAlign"] and {"ReduceMean", "Pow", "Sqrt"} <= set(excluded)
+    assert not {"Add", "Conv", "Mul", "Constant"} & set(excluded)
+    int8 = tensorrt_ep_options(fp16, info.with_precision("int8"))  # #24 item 2: without it TensorRT refuses Q/DQ
     assert int8["trt_int8_enable"] is True and int8["trt_fp16_enable"] is True
-    assert tensorrt_ep_options(fp16, "lr", "fp32")["trt_layer_norm_fp32_fallback"] is False
+    assert "trt_op_types_to_exclude" not in tensorrt_ep_options(fp16, info)  # FP32: nothing to keep from FP16
     assert (opts["trt_profile_min_shapes"], opts["trt_profile_max_shapes"]) == ("lr:1x1x16x16", "lr:1x1x512x512")
     assert opts["trt_engine_cache_path"].startswith(str(tmp_path)) and file_sha256(fp16)[:16] in opts["trt_engine_cache_path"]
     for path, half in ((fp16, True), (Path(result["onnx"]), False)):

@@ -452,3 +452,66 @@ def test_an_fp16_plan_computes_in_fp16_so_an_unpinned_cca_overflows(emulator):
         got = pinned.run(None, {"lr": lr})[0]
         assert np.isfinite(got).all() and 1e-6 < np.abs(got - want).max() / np.abs(want).max() < 5e-3
         assert np.isfinite(unpinned.run(None, {"lr": lr})[0]).all() == (k == 1)
+
+
+# --- #24 items 2 and 3: ONNX Runtime's TensorRT EP, emulated over the emulator ------------------------------------
+
+@pytest.fixture()
+def trt_ep(emulator, monkeypatch, tmp_path):
+    """onnxruntime with the emulated TensorRT EP in this process for one test."""
+    import onnxruntime as ort
+
+    ep = __import__("ort_tensorrt_ep")
+    monkeypatch.setattr(ort, "InferenceSession", ep.InferenceSession)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [ep.TRT, ep.CPU])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    yield ep
+    sys.modules.pop("ort_tensorrt_ep", None)
+
+
+def test_the_tensorrt_ep_keeps_cca_in_fp32_where_the_layer_norm_fallback_alone_may_not(trt_ep, tmp_path, capsys):
+    """#24 item 3: with mdrn-edge's options CCA's statistics run on the CUDA EP in the FP16 file's FP32 and a slice
+    whose (x - mean)^2 passes 65504 stays finite and close to the file on the CPU; with only
+    trt_layer_norm_fp32_fallback (precision without a constraints flag: a hint TensorRT may ignore) it overflows."""
+    from mdrn_edge.export.fp16 import convert_fp16, load_onnx_info
+    from mdrn_edge.runtime.base import InferenceError
+    from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner, tensorrt_ep_options
+
+    fp32 = ROOT / "mdrn_edge" / "weights" / "mdrn-x4.onnx"
+    fp16 = convert_fp16(fp32, tmp_path / "mdrn-x4.fp16.onnx").path
+    info = load_onnx_info(fp32)
+    lr = _real_lr(info) * 600
+    want = trt_ep.REAL_SESSION(str(fp16), providers=[trt_ep.CPU]).run(None, {"lr": lr})[0]
+    runner = OnnxRuntimeRunner(fp16, tensorrt_ep=True)
+    with runner:
+        assert runner.provider == trt_ep.TRT
+        got = runner.infer(lr)
+    assert np.abs(got - want).max() < 1e-2 * np.abs(want).max()
+    hint_only = {**tensorrt_ep_options(fp16, info.with_precision("fp16")), "trt_layer_norm_fp32_fallback": True}
+    del hint_only["trt_op_types_to_exclude"]
+    runner = OnnxRuntimeRunner(fp16, tensorrt_ep=True, provider_options={trt_ep.TRT: hint_only})
+    with pytest.raises(InferenceError, match="produced NaN/Inf"):
+        with runner:
+            runner.infer(lr)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_tensorrt_ep_builds_the_qdq_model_in_int8_and_a_fallback_is_one_line_never_stdout(trt_ep, tmp_path, capsys):
+    """#24 item 2: the Q/DQ model needs trt_int8_enable (TensorRT refuses it otherwise and ONNX Runtime falls back,
+    printing on stdout): with mdrn-edge's options it runs on the EP; without, --trt-ep is one line, stdout empty."""
+    from mdrn_edge.errors import MissingDependencyError
+    from mdrn_edge.export.fp16 import load_onnx_info
+    from mdrn_edge.runtime.onnxruntime import OnnxRuntimeRunner, tensorrt_ep_options
+
+    result, _ = export(tmp_path, "int8", "--int8", "--calibration", mr_small())
+    qdq = Path(result["onnx_int8"])
+    info = load_onnx_info(Path(result["onnx"]))
+    runner = OnnxRuntimeRunner(qdq, tensorrt_ep=True)
+    with runner:
+        assert runner.provider == trt_ep.TRT
+        assert runner.infer(_real_lr(info)).shape == (1, 1, 256, 256)
+    no_int8 = {**tensorrt_ep_options(qdq, info.with_precision("int8")), "trt_int8_enable": False}
+    with pytest.raises(MissingDependencyError, match=r"--trt-ep, but ONNX Runtime runs it on CPUExecutionProvider "
+                                                    r"\(EP Error .*TensorRT EP failed to create engine"):
+        OnnxRuntimeRunner(qdq, tensorrt_ep=True, provider_options={trt_ep.TRT: no_int8}).activate()
+    assert capsys.readouterr().out == ""

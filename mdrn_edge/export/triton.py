@@ -64,7 +64,9 @@ def config_text(name: str, platform: str, info: ModelInfo, options: TritonOption
     if options.tensorrt_precision and platform == "onnxruntime_onnx":
         accel = [("precision_mode", options.tensorrt_precision), ("max_workspace_size_bytes", str(1 << 30)),
                  ("trt_engine_cache_enable", "1"),
-                 ("trt_layer_norm_fp32_fallback", "1")]  # CCA's variance (Pow + ReduceMean) stays in FP32
+                 # CCA's variance (Pow + ReduceMean) in FP32: only a hint to TensorRT (no constraints flag), but
+                 # Triton's backend takes no trt_op_types_to_exclude; the -trt engine model pins CCA for certain
+                 ("trt_layer_norm_fp32_fallback", "1")]
         if profile:
             accel += [(f"trt_profile_{k}_shapes", _shape(info.input_name, dims)) for k, dims in zip(("min", "opt", "max"), profile)]
         params = " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in accel)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +59,39 @@ def ep_cache_dir(model: Path) -> Path:
     return root / f"{model.stem}-{digest}-ort{ort.__version__}"
 
 
-def tensorrt_ep_options(model: Path, input_name: str, precision: str, workspace_mb: int = 1024) -> dict[str, Any]:
+# ONNX Runtime's own default for trt_op_types_to_exclude (data-dependent-shape ops), kept when we add to it
+ORT_TRT_EXCLUDED = ("NonMaxSuppression", "NonZero", "RoiAlign")
+
+
+def fp16_unsafe_op_types(model: Path, info: ModelInfo) -> list[str]:
+    """The operator types whose every node the architecture declares FP16-unsafe (``ModelInfo.fp32_layers``; MDRN:
+    CCA's ReduceMean, Sub, Pow, Sqrt): the TensorRT EP leaves them to the CUDA EP, which runs them in the file's
+    FP32. Needs the ``onnx`` package (the ``[gpu]`` extra has it)."""
+    if not info.fp32_layers:
+        return []
+    onnx = require("onnx", "gpu")
+    pattern = re.compile(info.fp32_layers)
+    nodes = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type != "Constant"]
+    unsafe = {n.op_type for n in nodes if pattern.search(n.name)}
+    return sorted(op for op in unsafe if all(pattern.search(n.name) for n in nodes if n.op_type == op))
+
+
+def tensorrt_ep_options(model: Path, info: ModelInfo, workspace_mb: int = 1024) -> dict[str, Any]:
     """Options for ONNX Runtime's TensorRT EP: without them it builds an FP32 engine for every new input shape at
     every start (minutes on a Jetson). FP16 for FP16 models; INT8 as well for the Q/DQ model (without
     ``trt_int8_enable`` TensorRT refuses it, "int8 is not configured in the builder", and ONNX Runtime falls back to
-    CUDA: microsoft/onnxruntime#13381); with reduced precision CCA's variance (Pow + ReduceMean) kept in FP32 by
-    ``trt_layer_norm_fp32_fallback``, since the FP16 file's casts do not pin precision in TensorRT's weakly typed
-    network; engine and timing caches on disk; one explicit profile of LR shapes (the pipeline keeps batches and
-    tiles within it)."""
+    CUDA: microsoft/onnxruntime#13381). With reduced precision CCA's statistics are excluded from TensorRT
+    (``trt_op_types_to_exclude``) and run on the CUDA EP in the file's FP32: the FP16 file's casts do not pin
+    precision in TensorRT's weakly typed network, and ``trt_layer_norm_fp32_fallback`` sets Pow's and Reduce's
+    precision without a precision-constraints flag, which TensorRT documents as a hint it may ignore
+    (``ILayer::setPrecision``). Engine and timing caches on disk; one explicit profile of LR shapes (the pipeline
+    keeps batches and tiles within it)."""
     cache = ep_cache_dir(model)
-    shape = lambda dims: f"{input_name}:{'x'.join(map(str, dims))}"  # noqa: E731
-    reduced = precision in ("fp16", "int8")
-    return {
+    shape = lambda dims: f"{info.input_name}:{'x'.join(map(str, dims))}"  # noqa: E731
+    reduced = info.precision in ("fp16", "int8")
+    options = {
         "trt_fp16_enable": reduced,
-        "trt_int8_enable": precision == "int8",
-        "trt_layer_norm_fp32_fallback": reduced,
+        "trt_int8_enable": info.precision == "int8",
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
@@ -82,6 +101,9 @@ def tensorrt_ep_options(model: Path, input_name: str, precision: str, workspace_
         "trt_profile_opt_shapes": shape(DEFAULT_PROFILE[1]),
         "trt_profile_max_shapes": shape(DEFAULT_PROFILE[2]),
     }
+    if reduced:
+        options["trt_op_types_to_exclude"] = ",".join([*ORT_TRT_EXCLUDED, *fp16_unsafe_op_types(model, info)])
+    return options
 
 
 class OnnxRuntimeRunner(Runner):
@@ -117,7 +139,7 @@ class OnnxRuntimeRunner(Runner):
             opts.intra_op_num_threads = self.threads
         if PROVIDERS["tensorrt"] in self.providers and PROVIDERS["tensorrt"] not in self.provider_options:
             info = self._session(ort, opts, [PROVIDERS["cpu"]])[1]  # the model's precision, before the EP builds
-            cache = tensorrt_ep_options(self.path, info.input_name, info.precision)
+            cache = tensorrt_ep_options(self.path, info)
             Path(cache["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             self.provider_options = {**self.provider_options, PROVIDERS["tensorrt"]: cache}
         self.session, self.info = self._session(ort, opts, self.providers)
@@ -144,7 +166,9 @@ class OnnxRuntimeRunner(Runner):
             with contextlib.redirect_stdout(printed):
                 session = ort.InferenceSession(str(self.path), opts,
                                                providers=[(p, self.provider_options.get(p, {})) for p in providers])
-            self._fallback = first_line(RuntimeError(printed.getvalue())) if printed.getvalue().strip() else ""
+            said = [line for line in printed.getvalue().splitlines()
+                    if line.strip() and not line.startswith("*")]  # what it said, not its banner of stars
+            self._fallback = first_line(RuntimeError("\n".join(said))) if said else ""
         except Exception as exc:
             raise ModelFileError(f"{self.path}: ONNX Runtime cannot load it ({first_line(exc)}); is it an ONNX model?") from None
         meta = session.get_modelmeta().custom_metadata_map
