@@ -116,6 +116,7 @@ def test_fp16_range_check_refuses_activations_near_the_fp16_limit(exported):
 
 def test_onnx_runtime_tensorrt_ep_gets_fp16_caches_and_a_profile(exported, tmp_path, monkeypatch):
     """#12 item 6: without options the TensorRT EP rebuilds an FP32 engine at every start and for every shape."""
+    from mdrn_edge.errors import MissingDependencyError
     from mdrn_edge.export.fp16 import load_onnx_info
     from mdrn_edge.runtime.onnxruntime import tensorrt_ep_options
 
@@ -133,6 +134,11 @@ def test_onnx_runtime_tensorrt_ep_gets_fp16_caches_and_a_profile(exported, tmp_p
     int8 = tensorrt_ep_options(fp16, info.with_precision("int8"))  # #24 item 2: without it TensorRT refuses Q/DQ
     assert int8["trt_int8_enable"] is True and int8["trt_fp16_enable"] is True
     assert "trt_op_types_to_exclude" not in tensorrt_ep_options(fp16, info)  # FP32: nothing to keep from FP16
+    with monkeypatch.context() as m:  # the op types are read with onnx: without it one line naming the [gpu] extra
+        m.setitem(sys.modules, "onnx", None)
+        with pytest.raises(MissingDependencyError, match=r"^onnx is not installed .*pip install onnx, or .*\[gpu\]"):
+            tensorrt_ep_options(fp16, info.with_precision("fp16"))
+        assert "trt_op_types_to_exclude" not in tensorrt_ep_options(fp16, info)  # FP32 never needs it
     assert (opts["trt_profile_min_shapes"], opts["trt_profile_max_shapes"]) == ("lr:1x1x16x16", "lr:1x1x512x512")
     assert opts["trt_engine_cache_path"].startswith(str(tmp_path)) and file_sha256(fp16)[:16] in opts["trt_engine_cache_path"]
     for path, half in ((fp16, True), (Path(result["onnx"]), False)):
