@@ -77,9 +77,12 @@ def _engine_graph(path: str, options: dict) -> bytes:
     if not fp16:
         return network.onnx_bytes
     excluded = set(str(options.get("trt_op_types_to_exclude", DEFAULT_EXCLUDED)).split(","))
-    honoured = config.get_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)  # ONNX Runtime never sets it
-    fp32 = {layer.name for layer in layers if layer._op in excluded or (honoured and layer._precision == trt.float32)}
-    return trt._fp16_arithmetic(network, fp32)
+    # the fallback's precisions count for nothing: ONNX Runtime sets no OBEY_/PREFER_PRECISION_CONSTRAINTS
+    outside = [layer for layer in layers if layer._op in excluded]  # on the CUDA EP: the file's FP32 in and out
+    for layer in outside:
+        for k in range(layer.num_outputs):
+            layer.set_output_type(k, trt.float32)
+    return trt._fp16_arithmetic(network, {layer.name for layer in outside})
 
 
 class InferenceSession:

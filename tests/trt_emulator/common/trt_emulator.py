@@ -576,13 +576,12 @@ class Builder:
             "lean_runtime": ("excluded" if _Flag.EXCLUDE_LEAN_RUNTIME in flags else "embedded")
             if _Flag.VERSION_COMPATIBLE in flags else None,
             "flags": sorted(f.name for f in flags), "fp32_layers": pinned if obey else [],
-            "layers": [layer.name for layer in network.layers],
             "pinned_without_obey": [] if obey else pinned, "profiles": profiles, "dla_core": dla,
             "workspace": config.pools.get(MemoryPoolType.WORKSPACE), "opt_level": config.builder_optimization_level,
             "inputs": [t.name for t in network.inputs], "outputs": [t.name for t in network.outputs],
         }
-        record("build", **{k: header[k] for k in ("flags", "fp32_layers", "pinned_without_obey", "dla_core", "lean_runtime",
-                                              "layers")})
+        record("build", layers=[layer.name for layer in network.layers],
+               **{k: header[k] for k in ("flags", "fp32_layers", "pinned_without_obey", "dla_core", "lean_runtime")})
         head = json.dumps(header).encode()
         return IHostMemory(PLAN_MAGIC + struct.pack("<Q", len(head)) + head + onnx_bytes)
 
@@ -591,8 +590,8 @@ def _fp16_arithmetic(network: INetworkDefinition, fp32_layers: set[str]) -> byte
     """The network's ONNX graph computing as a weakly typed FP16 plan does on the GPU: every layer not pinned to
     FP32 takes FP16 inputs and writes an FP16 output (values past 65504 become inf, as on the GPU; ONNX Runtime's
     CPU kernels would upcast and hide that), weights reach it in FP16, and a pinned layer's weights stay FP32 only
-    where every layer carrying them (their constant layer, a broadcast) is pinned too. A layer with an FP32
-    precision but no output type writes FP32 where all its readers compute in FP32, FP16 otherwise. Q/DQ layers keep
+    where every layer carrying them (their constant layer, a broadcast) is pinned too, and its output is FP32 where
+    its output type is (TensorRT picks the type of one left unset: the emulator takes FP16). Q/DQ layers keep
     their own arithmetic (an INT8 plan's quantised layers); reductions accumulate in FP32 and write FP16."""
     import onnx
     from onnx import TensorProto, helper
@@ -601,10 +600,6 @@ def _fp16_arithmetic(network: INetworkDefinition, fp32_layers: set[str]) -> byte
     graph = model.graph
     layers = network.layers
     producer = {id(t): layer for layer in layers for t in layer._outputs}
-    readers: dict[int, list[ILayer]] = {}
-    for layer in layers:
-        for t in layer._inputs:
-            readers.setdefault(id(t), []).append(layer)
     fp32 = lambda layer: layer.name in fp32_layers  # noqa: E731
     half_nodes = {layer._node for layer in layers if layer._op and layer._op not in ("QuantizeLinear", "DequantizeLinear")
                   and not fp32(layer)}
@@ -614,11 +609,8 @@ def _fp16_arithmetic(network: INetworkDefinition, fp32_layers: set[str]) -> byte
         layer = main.get(node.name)
         if layer is None or not (node.name in half_nodes or fp32(layer)):
             continue
-        for k, t in enumerate(layer._outputs):
-            chosen = layer._output_types.get(k)
-            wrote_fp32 = fp32(layer) and (chosen == float32 if chosen is not None else
-                                          all(fp32(r) for r in readers.get(id(t), [])))
-            if not wrote_fp32 and t.dtype == float32:
+        for k, t in enumerate(layer._outputs):  # a pinned layer writes FP32 only where its output type says so
+            if not (fp32(layer) and layer._output_types.get(k) == float32) and t.dtype == float32:
                 rounded_outputs.add(t.name)
 
     def weights_behind(t: ITensor) -> tuple[str | None, list[ILayer]]:
