@@ -210,6 +210,30 @@ def test_pure_noise_is_flagged_by_uncertainty_and_a_ct_slice_by_its_modality(tmp
     assert result["slices"][0]["flagged"] and "modality CT" in result["slices"][0]["reason"]
 
 
+def test_a_ct_slice_without_a_modality_is_flagged_by_its_hounsfield_values(tmp_path):
+    """A NIfTI or a header without Modality says nothing of CT; its values do (air at -1000 HU, never in magnitude
+    MR). Real CT_small as NIfTI and as DICOM without Modality: flagged; real MR_small as NIfTI: not."""
+    import nibabel as nib
+
+    ct = read_volume([get_testdata_file("CT_small.dcm")]).data
+    mr = read_volume([get_testdata_file("MR_small.dcm")]).data
+    for name, data in {"ct": ct, "mr": mr}.items():
+        nib.save(nib.Nifti1Image(np.repeat(np.moveaxis(data, 0, 2), 2, axis=2), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    before = digest([tmp_path / "ct.nii.gz"])
+    result = infer_without_torch(tmp_path / "ct.nii.gz", "--output", tmp_path / "ct-out.nii.gz")
+    assert digest([tmp_path / "ct.nii.gz"]) == before
+    assert result["checks"]["n_flagged"] == 2
+    assert all(s["reason"].startswith("37% of its values are negative (down to -896)") for s in result["slices"])
+    assert infer_without_torch(tmp_path / "mr.nii.gz", "--output", tmp_path / "mr-out.nii.gz")["checks"]["n_flagged"] == 0
+    folder = copy_files([get_testdata_file("CT_small.dcm")], tmp_path / "ct-dicom")
+    ds = pydicom.dcmread(folder / "CT_small.dcm")
+    del ds.Modality
+    ds.save_as(folder / "CT_small.dcm")
+    result = infer_without_torch(folder, "--output", tmp_path / "ct-dicom-out")
+    assert result["slices"][0]["flagged"] and "modality" not in result["slices"][0]["reason"]
+    assert "not a magnitude MR image" in result["slices"][0]["reason"]
+
+
 def stored_lr_and_sr(src: Path, out: Path, info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
     """Input and written output, read back from disk, in the model's normalised units of the input."""
     def physical(folder: Path) -> np.ndarray:  # the reader skips our outputs: read them as a viewer would

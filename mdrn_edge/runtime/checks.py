@@ -17,9 +17,10 @@ the network. Three cheap, per-slice answers, none needing a ground truth:
   what consistency cannot, detail above the LR band, and grows on inputs unlike the training data. It costs 8
   inferences, so it is computed only when asked (``checks="full"``) or when the ensemble is the output.
 
-A series whose header says it is not MR (Modality CT, say: the models are trained on MR) is flagged on every
-slice: measured on pydicom's CT_small, neither figure can tell (consistency 59 dB, uncertainty 0.0012 against
-0.0015-0.005 on MR), as the network is as sure of a CT slice as of an MR one. A slice is flagged when a figure
+A series that is not magnitude MR (Modality CT, a NIfTI in Hounsfield units: the models are trained on MR) is
+flagged on every slice by :func:`~mdrn_edge.runtime.series.input_reason`: no figure here can tell, as the network
+is as sure of a CT slice as of an MR one (``training/OOD_UNCERTAINTY.md``: uncertainty 0.0012-0.0025 on three CT
+slices, 0.0012-0.0050 on held-apart MR). A slice is flagged when a figure
 crosses the model's :class:`Thresholds` (stored in its ONNX metadata,
 calibrated on held-apart real slices by ``training/calibrate_checks.py``; a model without them is checked against
 :data:`DEFAULT_THRESHOLDS` and says so). ``enforce`` makes the SR consistent with its input: an exact projection
@@ -323,7 +324,7 @@ class SliceChecker:
     info: ModelInfo
     config: CheckConfig = field(default_factory=CheckConfig)
     report: Callable[[SliceCheck], None] | None = None
-    series_reason: str = ""  # flags every slice: the series is not what the model was made for (modality CT)
+    series_reason: str = ""  # flags every slice: the series is not what the model was made for (input_reason)
     checks: list[SliceCheck] = field(default_factory=list)
 
     def __post_init__(self) -> None:

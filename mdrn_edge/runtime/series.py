@@ -91,10 +91,25 @@ def write_behind(chunks: Iterator[tuple[int, np.ndarray]], write: Callable[[int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def modality_reason(volume) -> str:
-    """Why a DICOM series is not what the models are made for (they train on MR), or "" (NIfTI says nothing)."""
+NEGATIVE_DEPTH, NEGATIVE_SHARE = 0.05, 0.01  # values below -5% of the peak magnitude, in over 1% of the voxels
+
+
+def input_reason(volume) -> str:
+    """Why a series is not what the models are made for (they train on magnitude MR), or "": a DICOM Modality
+    other than MR, or values a magnitude image cannot hold (a CT in Hounsfield units, a phase map: what a NIfTI or
+    a header without Modality leaves to the values). The network itself cannot tell: a CT slice is as consistent
+    and its self-ensemble as sure as on MR (measured: training/ood_uncertainty.py). Real MR has no such values (0
+    of every file of ../shared/data and pydicom's MR); pydicom's CT slices have 37-80% below -5% of their peak."""
     modality = str(volume.headers[0].get("Modality", "") or "") if volume.kind == "dicom" else ""
-    return f"modality {printable(modality)}: the model was trained on MR images" if modality and modality != "MR" else ""
+    reasons = [f"modality {printable(modality)}: the model was trained on MR images"] if modality and modality != "MR" else []
+    data = volume.data
+    low, high = float(data.min()), float(data.max())
+    limit = -NEGATIVE_DEPTH * max(high, -low)
+    share = sum(np.count_nonzero(s < limit) for s in data) / data.size if low < limit else 0.0
+    if share > NEGATIVE_SHARE:
+        reasons.append(f"{share:.0%} of its values are negative (down to {low:g}): not a magnitude MR image (a CT in "
+                       "Hounsfield units, a phase map?)")
+    return "; ".join(reasons)
 
 
 def series_folder_name(index: int, volume) -> str:
@@ -179,7 +194,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
             for i, volume in enumerate(volumes):
                 folder = tmp / series_folder_name(i + 1, volume) if len(volumes) > 1 else tmp
                 target = out if nifti else out / folder.relative_to(tmp)
-                checker = SliceChecker(runner.info, checks, series_reason=modality_reason(volume)) if checks.active else None
+                checker = SliceChecker(runner.info, checks, series_reason=input_reason(volume)) if checks.active else None
                 with progress(volume.n_slices, volume.description[:30] or "series") as bar:
                     if nifti:  # nibabel writes whole volumes
                         chunks = super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
