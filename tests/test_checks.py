@@ -297,16 +297,17 @@ def test_each_instance_carries_its_figures_and_the_ai_derived_marking(tmp_path):
 
 
 @pytest.mark.skipif(not DCIODVFY, reason="dciodvfy (Debian dicom3tools) is not installed; .ci/run installs it")
-def test_a_flagged_series_passes_dciodvfy_with_no_error_its_input_lacks(tmp_path):
+def test_a_flagged_series_and_its_uncertainty_series_pass_dciodvfy_with_no_error_their_input_lacks(tmp_path):
     def errors(path):
         res = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True)
         return {line.strip() for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")}
 
     src = noise_series(tmp_path / "in", 1)
-    infer_without_torch(src, "--output", tmp_path / "out", "--checks", "full")
-    out = next((tmp_path / "out").glob("*.dcm"))
-    assert pydicom.dcmread(out).private_block(0x0077, "MDRN-EDGE CHECKS 1")[0x13].value == "YES"
-    assert not errors(out) - errors(next(src.glob("*.dcm")))
+    infer_without_torch(src, "--output", tmp_path / "out", "--checks", "full", "--uncertainty-series")
+    out, spread = next((tmp_path / "out").glob("*.dcm")), next((tmp_path / "out" / "uncertainty").glob("*.dcm"))
+    for path in (out, spread):
+        assert pydicom.dcmread(path).private_block(0x0077, "MDRN-EDGE CHECKS 1")[0x13].value == "YES"
+        assert not errors(path) - errors(next(src.glob("*.dcm")))
 
 
 def test_the_ship_gate_refuses_a_model_whose_grid_energy_grew(monkeypatch):
@@ -323,3 +324,60 @@ def test_the_ship_gate_refuses_a_model_whose_grid_energy_grew(monkeypatch):
     assert "grid energy 0.070" in refused and "1.25x the shipped model's 0.050" in refused and "not shipped" in refused
     assert ship.grid_gate("mdrn-x4", measured(0.2), None) is None  # 4 x 5.9 % = 0.234
     assert "4x white noise's share" in ship.grid_gate("mdrn-x4", measured(0.3), {"measured": {}})
+
+
+def test_the_uncertainty_series_is_each_slices_spread_beside_its_sr_series_and_a_real_pacs_stores_both(tmp_path):
+    """--uncertainty-series: a second derived series (in uncertainty/), one instance per slice, whose pixels are the
+    self-ensemble's spread in the input's units; same geometry as the SR series, its own series; a real Orthanc
+    stores both (dciodvfy: the test after next). NIfTI input is one line."""
+    from helpers import start_orthanc
+    from mdrn_edge.data.degradation import upscale
+    from mdrn_edge.runtime import RuntimeConfig, create_runner
+    from mdrn_edge.runtime.checks import kernel_of, self_ensemble, tissue_mask
+
+    src = make_series(tmp_path / "in", 2)
+    before = digest(all_files(src))
+    server = start_orthanc(tmp_path / "orthanc")
+    try:
+        result = infer_without_torch(src, "--output", tmp_path / "out", "--uncertainty-series", "--backend",
+                                     "onnxruntime", "--send", server.dest)
+        stored = {sid: server.get(f"/series/{sid}") for sid in server.get("/series")}
+    finally:
+        server.stop()
+    assert digest(all_files(src)) == before
+    assert result["sent"] == 4 and result["series"][0]["uncertainty_files"] == 2
+    maps = [pydicom.dcmread(f) for f in sorted((tmp_path / "out" / "uncertainty").glob("*.dcm"))]
+    srs = [pydicom.dcmread(f) for f in sorted((tmp_path / "out").glob("*.dcm"))]
+    assert len(maps) == len(srs) == 2
+    info = model_info(WEIGHTS / "mdrn-x4.onnx")
+    lr = read_volume(sorted(src.glob("*.dcm"))).data
+    scaling = info.normalizer.fit(lr)
+    x = scaling.normalize(lr)
+    with create_runner(WEIGHTS / "mdrn-x4.onnx", RuntimeConfig(backend="onnxruntime")) as runner:
+        def sr_of(one: np.ndarray) -> np.ndarray:
+            return runner.infer(one[None, None])[0, 0]
+
+        spread = self_ensemble(sr_of, x[0], sr_of(x[0]))[1]
+    for k, (m, s) in enumerate(zip(maps, srs)):
+        for keyword in ("Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient",
+                        "FrameOfReferenceUID", "StudyInstanceUID"):
+            assert m.get(keyword) == s.get(keyword), keyword
+        assert m.SeriesInstanceUID != s.SeriesInstanceUID and m.SeriesNumber != s.SeriesNumber
+        assert m.SeriesDescription.endswith("UNCERTAINTY") and "standard deviation" in m.DerivationDescription
+        assert m.ContributingEquipmentSequence[-1].Manufacturer == "mdrn-edge" and m.BurnedInAnnotation == "NO"
+        values = m.pixel_array * float(m.RescaleSlope) / float(scaling.scale)  # the spread, normalised again
+        tissue = tissue_mask(upscale(x[k], 4, kernel_of(info)))
+        assert values[tissue].mean() == pytest.approx(result["slices"][k]["uncertainty"], rel=0.01)
+    step = float(maps[0].RescaleSlope) / float(scaling.scale)  # the map's quantisation, normalised
+    got = maps[0].pixel_array * float(maps[0].RescaleSlope) / float(scaling.scale)
+    assert np.abs(got - spread).max() <= step / 2 + 1e-5 and spread.max() > 20 * step
+    assert sorted(len(s["Instances"]) for s in stored.values()) == [2, 2]
+    assert {s["MainDicomTags"]["SeriesInstanceUID"] for s in stored.values()} == {maps[0].SeriesInstanceUID,
+                                                                                  srs[0].SeriesInstanceUID}
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.moveaxis(lr, 0, 2), np.eye(4)), tmp_path / "mr.nii.gz")
+    res = infer(tmp_path / "mr.nii.gz", "--output", tmp_path / "mr-out.nii.gz", "--uncertainty-series")
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and "--uncertainty-series writes a DICOM series" in lines[0]
+    assert not (tmp_path / "mr-out.nii.gz").exists()

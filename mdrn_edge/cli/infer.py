@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -41,6 +42,10 @@ class TileParam(click.ParamType):
 @click.option("--scale", type=click.Choice(["2", "4", "8"]), help="Pick the shipped model for this scale (the model file carries its scale)  [default: 4].")
 @runtime_options
 @check_options
+@click.option("--uncertainty-series", is_flag=True,
+              help="Also write each slice's uncertainty map (the per-pixel spread of the 8-flip self-ensemble, in the "
+                   "input's units) as a second derived DICOM series in an uncertainty/ folder inside the series' "
+                   "output, for a viewer to overlay (8 inferences per slice, as --checks full; DICOM input only).")
 @click.option("--tile", type=TileParam(), default="auto", show_default=True,
               help=f"Infer in tiles of about TxT LR pixels: auto tiles slices larger than {DEFAULT_TILE} (tiles that stay in "
                    "cache run faster on a CPU, and memory is bounded by the tile); off infers whole slices.")
@@ -59,7 +64,7 @@ class TileParam(click.ParamType):
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per series.")
 @json_option
 @user_errors
-def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to,
+def command(inputs, output, model, scale, uncertainty_series, tile, overlap, batch, nifti_dtype, clip, allow_missing, overwrite, send_to,
             calling_aet, progress, as_json, **runtime):
     """Super-resolve INPUTS (a DICOM folder, DICOM files, a NIfTI file, or a DICOMweb study or series URL read by
     WADO-RS, https://HOST/dicom-web/studies/S[/series/R]) into a new DICOM series or NIfTI file.
@@ -76,7 +81,7 @@ def command(inputs, output, model, scale, tile, overlap, batch, nifti_dtype, cli
         raise InputError("--calling-aet is our AE title towards the PACS of --send; add --send or leave it out")
     web = web_config(runtime)
     send_to = parse_destination(send_to, calling_aet, web) if send_to else None
-    checks = check_config(runtime)
+    checks = replace(check_config(runtime), uncertainty_map=uncertainty_series)
     result = super_resolve(inputs, output, model=model, scale=int(scale) if scale else None, checks=checks,
                            runtime=runtime_config(runtime), tile=tile, overlap=overlap, batch=batch,
                            nifti_dtype=nifti_dtype, clip=clip, allow_missing=allow_missing, overwrite=overwrite, send_to=send_to, web=web,

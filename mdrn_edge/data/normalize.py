@@ -42,6 +42,11 @@ class Scaling:
         offset, scale = self._rows(self.offset, first, len(y)), self._rows(self.scale, first, len(y))
         return (y * scale.astype(np.float32) + offset.astype(np.float32)).astype(np.float32)
 
+    def denormalize_spread(self, y: np.ndarray, first: int = 0) -> np.ndarray:
+        """A spread (a standard deviation, a difference) in normalised units -> physical units: scaled, not offset."""
+        y = np.asarray(y, dtype=np.float32)
+        return (y * self._rows(self.scale, first, len(y)).astype(np.float32)).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class Normalizer:

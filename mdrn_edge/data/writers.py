@@ -11,7 +11,8 @@ Marked as an AI-derived image the way the standard allows: a ContributingEquipme
 reports it as an error. Each instance carries its slice's checks (:mod:`mdrn_edge.runtime.checks`) in
 ImageComments, for a person at a viewer, and in the private block :data:`PRIVATE_CREATOR` of group
 :data:`PRIVATE_GROUP`, for software: consistency_db (DS), grid_energy (DS), uncertainty (DS, when computed),
-flagged (CS YES/NO), reason (LT), enforced (CS YES/NO); see :data:`PRIVATE_ELEMENTS`.
+flagged (CS YES/NO), reason (LT), enforced (CS YES/NO); see :data:`PRIVATE_ELEMENTS`. Where asked, a second
+derived series holds each slice's uncertainty map (:class:`UncertaintyMapWriter`).
 """
 
 from __future__ import annotations
@@ -192,26 +193,31 @@ def save_with_pixels(ds, pixels: np.ndarray, path: Path) -> None:
             f.write(b"\0")  # DICOM values have even length
 
 
-def derived_series_uid(source_series_uid: str, model_name: str, scale: int) -> str:
-    """The derived series' SeriesInstanceUID, a function of its source series and the model: the same series
-    super-resolved again by the same model gets the same UIDs, so a PACS replaces instead of duplicating, and a node
-    can ask Orthanc whether it already holds the result (``mdrn-node`` with a new state folder)."""
+def derived_series_uid(source_series_uid: str, model_name: str, scale: int, kind: str = "") -> str:
+    """The derived series' SeriesInstanceUID, a function of its source series and the model (and ``kind``, for a
+    series other than the SR slices: ``uncertainty``): the same series super-resolved again by the same model gets
+    the same UIDs, so a PACS replaces instead of duplicating, and a node can ask Orthanc whether it already holds
+    the result (``mdrn-node`` with a new state folder)."""
     from pydicom.uid import generate_uid
 
-    return generate_uid(entropy_srcs=["mdrn-edge derived series", source_series_uid, model_name, f"x{scale}"])
+    return generate_uid(entropy_srcs=["mdrn-edge derived series", source_series_uid, model_name, f"x{scale}",
+                                      *([kind] if kind else [])])
 
 
 class DicomSeriesWriter:
     """Writes one derived DICOM file per slice into an existing folder, slice by slice as results arrive."""
+
+    kind = ""  # what the series holds besides the SR slices (its UID's and description's difference)
 
     def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str,
                  model_sha256: str = "") -> None:
         self.volume, self.scale, self.folder = volume, scale, folder
         self.model_name, self.model_sha256 = model_name, model_sha256
         self.checks: dict[int, Any] = {}  # slice index -> its SliceCheck, told before the slice is written
-        self.series_uid = derived_series_uid(str(volume.headers[0].get("SeriesInstanceUID", "")), model_name, scale)
+        self.series_uid = derived_series_uid(str(volume.headers[0].get("SeriesInstanceUID", "")), model_name, scale,
+                                             self.kind)
         self.now = datetime.now()
-        suffix = f" SR x{scale} MDRN"
+        suffix = f" SR x{scale} MDRN" + (f" {self.kind.upper()}" if self.kind else "")
         self.description = (str(volume.headers[0].get("SeriesDescription", ""))[: LO_MAX - len(suffix)] + suffix).strip()
         self.derivation = (f"Super-resolved x{scale} by mdrn-edge {mdrn_edge.__version__} ({model_name}, {backend}); "
                            "not for primary diagnosis")
@@ -228,14 +234,70 @@ class DicomSeriesWriter:
     def write(self, first: int, slices: np.ndarray) -> None:
         """Write slices ``first, first + 1, ...`` given as stored integers (see :meth:`encode`)."""
         for k, pixels in enumerate(slices, start=first):
-            ds = derived_slice(self.volume.headers[k], self.scale, self.series_uid, self.description,
-                               self.derivation, self.now)
-            mark_ai_derived(ds, self.scale, self.model_name, self.model_sha256, self.now)
-            if k in self.checks:
-                record_checks(ds, self.checks[k])
-            path = self.folder / f"{k + 1:04d}.dcm"
-            save_with_pixels(ds, pixels, path)
-            self.files.append(path)
+            self._save(self.header(k), pixels, k)
+
+    def header(self, k: int):
+        """Slice ``k``'s derived header, marked and with its checks where known."""
+        ds = derived_slice(self.volume.headers[k], self.scale, self.series_uid, self.description, self.derivation,
+                           self.now)
+        mark_ai_derived(ds, self.scale, self.model_name, self.model_sha256, self.now)
+        if k in self.checks:
+            record_checks(ds, self.checks[k])
+        return ds
+
+    def _save(self, ds, pixels: np.ndarray, k: int) -> None:
+        path = self.folder / f"{k + 1:04d}.dcm"
+        save_with_pixels(ds, pixels, path)
+        self.files.append(path)
+
+
+UNCERTAINTY_FOLDER = "uncertainty"  # the map series' folder, inside its SR series' folder
+
+
+class UncertaintyMapWriter(DicomSeriesWriter):
+    """The self-ensemble's per-pixel spread of each SR slice as a second derived series a viewer can overlay on the
+    SR series: the same geometry, frame of reference and study, its own series UID (a function of the source, the
+    model and ``uncertainty``), one instance per slice carrying that slice's checks.
+
+    Pixels are the standard deviation over the 8 flips/rotations in the input's physical units, through
+    RescaleSlope (``stored x slope``, unsigned, all the stored bits): the slope spends the stored range on the
+    series' value range, so a spread of a few units keeps its resolution; MONOCHROME2 (brighter is less certain)
+    and a window per instance up to its 99.5th percentile. An MR source makes the map an MR instance with a Modality
+    LUT, which dciodvfy reports as a warning ("not expected ... in standard MR IOD"), not an error."""
+
+    kind = "uncertainty"
+
+    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str, model_sha256: str,
+                 scaling) -> None:
+        super().__init__(volume, scale, folder, model_name, backend, model_sha256)
+        self.scaling = scaling  # the run's normalisation (runtime.pipeline fits the same), to undo on the spread
+        self.span = max(float(volume.data.max() - volume.data.min()), 1e-6)
+        self.derivation = (f"Uncertainty of the x{scale} super-resolution by mdrn-edge {mdrn_edge.__version__} "
+                           f"({model_name}, {backend}): per-pixel standard deviation over the 8 flips/rotations of the "
+                           "input (self-ensemble); not for primary diagnosis")
+
+    def write_map(self, check, spread: np.ndarray) -> None:
+        """Write slice ``check.index``'s map from its spread in the model's normalised units."""
+        k = check.index
+        self.checks[k] = check
+        values = self.scaling.denormalize_spread(spread[None], k)[0]
+        ds = self.header(k)
+        bits = int(ds.BitsAllocated)
+        top = (1 << bits) - 1
+        slope = self.span / top
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        if "SeriesNumber" in ds and int(ds.SeriesNumber) + SERIES_NUMBER_OFFSET <= IS_MAX:  # apart from the SR series'
+            ds.SeriesNumber = int(ds.SeriesNumber) + SERIES_NUMBER_OFFSET
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), "0"
+        for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit", "VOILUTSequence", "WindowCenterWidthExplanation",
+                        "RescaleType"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        width = max(float(np.percentile(values, 99.5)), slope)
+        ds.WindowCenter, ds.WindowWidth = _ds(width / 2), _ds(width)
+        stored = np.clip(np.rint(values / float(ds.RescaleSlope)), 0, top).astype(STORED_DTYPES[(bits, False)])
+        self._save(ds, stored, k)
 
 
 NIFTI_MARK = "mdrn-edge super-resolved"

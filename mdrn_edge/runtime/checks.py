@@ -115,12 +115,14 @@ class SliceCheck:
 class CheckConfig:
     """What to check and do per slice: ``mode`` (:data:`CHECK_MODES`), ``enforce`` data consistency to
     ``tolerance_db``, ``ensemble``: the mean of the 8 self-ensemble outputs is the result (its spread is then the
-    uncertainty, at no extra cost)."""
+    uncertainty, at no extra cost); ``uncertainty_map``: the spread, pixel by pixel, goes to the checker's
+    ``report_map`` (mdrn-infer's ``--uncertainty-series``)."""
 
     mode: str = "fast"
     enforce: bool = False
     tolerance_db: float = ENFORCE_TOLERANCE_DB
     ensemble: bool = False
+    uncertainty_map: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in CHECK_MODES:
@@ -128,11 +130,11 @@ class CheckConfig:
 
     @property
     def active(self) -> bool:
-        return self.mode != "off" or self.enforce or self.ensemble
+        return self.mode != "off" or self.enforce or self.needs_ensemble
 
     @property
     def needs_ensemble(self) -> bool:
-        return self.ensemble or self.mode == "full"
+        return self.ensemble or self.mode == "full" or self.uncertainty_map
 
 
 # --- the forward model ----------------------------------------------------------------------------------------------
@@ -319,11 +321,13 @@ def summarize(checks: list[SliceCheck], limits: Thresholds) -> dict[str, Any]:
 class SliceChecker:
     """Checks (and, when asked, enforces and ensembles) each slice the pipeline produces; what it measured is in
     ``checks`` in slice order, and ``report(check)`` (the DICOM writer) is told of each before its slice is
-    written."""
+    written; ``report_map(check, spread)`` gets the self-ensemble's per-pixel spread, in normalised units, where
+    the config asks for the map."""
 
     info: ModelInfo
     config: CheckConfig = field(default_factory=CheckConfig)
     report: Callable[[SliceCheck], None] | None = None
+    report_map: Callable[[SliceCheck, np.ndarray], None] | None = None
     series_reason: str = ""  # flags every slice: the series is not what the model was made for (input_reason)
     checks: list[SliceCheck] = field(default_factory=list)
 
@@ -347,6 +351,8 @@ class SliceChecker:
         check.enforced = self.config.enforce
         judge(check, self.limits, self.config.tolerance_db if self.config.enforce else None, self.series_reason)
         self.checks.append(check)
+        if self.report_map and spread is not None and self.config.uncertainty_map:
+            self.report_map(check, spread)
         if self.report:
             self.report(check)
         return sr

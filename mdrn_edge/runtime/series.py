@@ -145,7 +145,9 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     """
     from mdrn_edge.data.dicom import read_dicom_study, skipped_line
     from mdrn_edge.data.nifti import is_nifti, read_nifti
-    from mdrn_edge.data.writers import DicomSeriesWriter, check_derivable, is_our_nifti, write_nifti
+    from mdrn_edge.data.writers import (
+        UNCERTAINTY_FOLDER, DicomSeriesWriter, UncertaintyMapWriter, check_derivable, is_our_nifti, write_nifti,
+    )
     from mdrn_edge.fileio import check_output_path, publish_dir, publish_file, staged
     from mdrn_edge.runtime import create_runner, resolve_model_file
     from mdrn_edge.runtime.dicomweb import WebResource, retrieve
@@ -167,6 +169,9 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
     check_output_path(out, [i for i, web_source in zip(inputs, sources) if not web_source], overwrite, is_our_nifti)
     if dest and nifti:
         raise InputError("--send stores DICOM in a PACS; it does not apply to NIfTI input")
+    if checks.uncertainty_map and nifti:
+        raise InputError("--uncertainty-series writes a DICOM series beside the derived one; NIfTI input gives NIfTI "
+                         "output: drop --uncertainty-series, or give the DICOM series")
     if dest:
         dest.check()  # before any inference: a PACS that cannot receive is found now, not after the work
     path = resolve_model_file(str(model) if model else None, scale)
@@ -207,11 +212,19 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                                                    f"{runner.backend} {desc['precision']}", model_sha256)
                         if checker:
                             checker.report = writer.report
+                        if checks.uncertainty_map:
+                            maps = UncertaintyMapWriter(volume, runner.scale, folder / UNCERTAINTY_FOLDER,
+                                                        runner.info.name, f"{runner.backend} {desc['precision']}",
+                                                        model_sha256, runner.info.normalizer.fit(volume.data))
+                            maps.folder.mkdir()
+                            checker.report_map = maps.write_map
                         write_behind(super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
                                                           encode=writer.encode, checker=checker), writer.write)
                         files = writer.files
+                extra = ({"uncertainty_output": str(target / UNCERTAINTY_FOLDER), "uncertainty_files": len(maps.files)}
+                         if checks.uncertainty_map else {})
                 series.append({"input": volume.description, "n_slices": volume.n_slices, "output": str(target),
-                               "files": len(files), **({"checks": checker.summary()} if checker else {})})
+                               "files": len(files), **extra, **({"checks": checker.summary()} if checker else {})})
                 n_slices += volume.n_slices
                 if checker:
                     all_checks += checker.checks
