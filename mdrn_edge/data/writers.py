@@ -131,8 +131,10 @@ def record_checks(ds, check) -> None:
             block.add_new(element, vr, values[name])
 
 
-def derived_slice(src, scale: int, series_uid: str, description: str, derivation: str, now: datetime):
-    """The derived slice's header (everything but PixelData, which :func:`save_with_pixels` appends)."""
+def derived_slice(src, scale: int, series_uid: str, description: str, derivation: str, now: datetime,
+                  number_offset: int = SERIES_NUMBER_OFFSET):
+    """The derived slice's header (everything but PixelData, which :func:`save_with_pixels` appends); its
+    SeriesNumber is the source's + ``number_offset`` where that stays within IS."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
@@ -155,7 +157,7 @@ def derived_slice(src, scale: int, series_uid: str, description: str, derivation
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     if "SeriesNumber" in src and src.SeriesNumber not in (None, ""):
         number = int(float(src.SeriesNumber))
-        ds.SeriesNumber = number + SERIES_NUMBER_OFFSET if number + SERIES_NUMBER_OFFSET <= IS_MAX else number
+        ds.SeriesNumber = number + number_offset if number + number_offset <= IS_MAX else number
     ds.Rows, ds.Columns = int(src.Rows) * scale, int(src.Columns) * scale
     if "PixelSpacing" in src:
         row_sp, col_sp = (float(v) for v in src.PixelSpacing)
@@ -208,6 +210,7 @@ class DicomSeriesWriter:
     """Writes one derived DICOM file per slice into an existing folder, slice by slice as results arrive."""
 
     kind = ""  # what the series holds besides the SR slices (its UID's and description's difference)
+    number_offset = SERIES_NUMBER_OFFSET
 
     def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str,
                  model_sha256: str = "") -> None:
@@ -239,7 +242,7 @@ class DicomSeriesWriter:
     def header(self, k: int):
         """Slice ``k``'s derived header, marked and with its checks where known."""
         ds = derived_slice(self.volume.headers[k], self.scale, self.series_uid, self.description, self.derivation,
-                           self.now)
+                           self.now, self.number_offset)
         mark_ai_derived(ds, self.scale, self.model_name, self.model_sha256, self.now)
         if k in self.checks:
             record_checks(ds, self.checks[k])
@@ -266,6 +269,7 @@ class UncertaintyMapWriter(DicomSeriesWriter):
     LUT, which dciodvfy reports as a warning ("not expected ... in standard MR IOD"), not an error."""
 
     kind = "uncertainty"
+    number_offset = 2 * SERIES_NUMBER_OFFSET  # apart from the SR series'
 
     def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str, model_sha256: str,
                  scaling) -> None:
@@ -287,8 +291,6 @@ class UncertaintyMapWriter(DicomSeriesWriter):
         slope = self.span / top
         ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
         ds.PhotometricInterpretation = "MONOCHROME2"
-        if "SeriesNumber" in ds and int(ds.SeriesNumber) + SERIES_NUMBER_OFFSET <= IS_MAX:  # apart from the SR series'
-            ds.SeriesNumber = int(ds.SeriesNumber) + SERIES_NUMBER_OFFSET
         ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), "0"
         for keyword in ("PixelPaddingValue", "PixelPaddingRangeLimit", "VOILUTSequence", "WindowCenterWidthExplanation",
                         "RescaleType"):
