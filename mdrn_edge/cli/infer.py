@@ -11,6 +11,7 @@ from mdrn_edge.cli.common import (
     SETTINGS, OneLineCommand, check_config, check_options, emit_json, json_option, progress_bar, runtime_config,
     runtime_options, say, setup_logging, stop_on_signals, user_errors, version_option, web_config, web_options,
 )
+from mdrn_edge.data.writers import UNCERTAINTY_FOLDER
 from mdrn_edge.errors import InputError
 from mdrn_edge.runtime.pipeline import CLIP_MODES
 from mdrn_edge.runtime.triton import is_triton
@@ -101,6 +102,7 @@ def command(inputs, output, model, scale, uncertainty_series, tile, overlap, bat
         say(checks_line(result.checks), err=True)
     say(f"wrote {result.n_slices} slice{'' if result.n_slices == 1 else 's'} x{result.scale} to {result.output} "
                f"in {result.seconds} s"
+               + (f", each series' uncertainty map in its {UNCERTAINTY_FOLDER}/ folder" if uncertainty_series else "")
                + (f"; stored {result.sent} in {send_to}" if send_to else ""))
 
 
