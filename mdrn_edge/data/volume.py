@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ class Volume:
     @property
     def n_slices(self) -> int:
         return int(self.data.shape[0])
+
+    @cached_property
+    def value_range(self) -> tuple[float, float]:
+        """Its minimum and maximum, measured once (the input check, the clip bounds and the map's scale read it)."""
+        return float(self.data.min()), float(self.data.max())
 
     @property
     def description(self) -> str:

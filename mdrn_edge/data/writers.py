@@ -271,20 +271,19 @@ class UncertaintyMapWriter(DicomSeriesWriter):
     kind = "uncertainty"
     number_offset = 2 * SERIES_NUMBER_OFFSET  # apart from the SR series'
 
-    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str, model_sha256: str,
-                 scaling) -> None:
+    def __init__(self, volume: Volume, scale: int, folder: Path, model_name: str, backend: str,
+                 model_sha256: str = "") -> None:
         super().__init__(volume, scale, folder, model_name, backend, model_sha256)
-        self.scaling = scaling  # the run's normalisation (runtime.pipeline fits the same), to undo on the spread
-        self.span = max(float(volume.data.max() - volume.data.min()), 1e-6)
+        low, high = volume.value_range
+        self.span = max(high - low, 1e-6)
         self.derivation = (f"Uncertainty of the x{scale} super-resolution by mdrn-edge {mdrn_edge.__version__} "
                            f"({model_name}, {backend}): per-pixel standard deviation over the 8 flips/rotations of the "
                            "input (self-ensemble); not for primary diagnosis")
 
-    def write_map(self, check, spread: np.ndarray) -> None:
-        """Write slice ``check.index``'s map from its spread in the model's normalised units."""
+    def write_map(self, check, values: np.ndarray) -> None:
+        """Write slice ``check.index``'s map from its spread in the input's physical units."""
         k = check.index
         self.checks[k] = check
-        values = self.scaling.denormalize_spread(spread[None], k)[0]
         ds = self.header(k)
         bits = int(ds.BitsAllocated)
         top = (1 << bits) - 1

@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mdrn_edge.data.degradation import degrade_with, resize_matrix, upscale
+from mdrn_edge.data.normalize import Scaling
 from mdrn_edge.errors import ModelFileError
 from mdrn_edge.metrics import BACKGROUND_LEVEL, psnr
 from mdrn_edge.modelinfo import PROTOCOL_KERNELS, ModelInfo
@@ -321,13 +322,14 @@ def summarize(checks: list[SliceCheck], limits: Thresholds) -> dict[str, Any]:
 class SliceChecker:
     """Checks (and, when asked, enforces and ensembles) each slice the pipeline produces; what it measured is in
     ``checks`` in slice order, and ``report(check)`` (the DICOM writer) is told of each before its slice is
-    written; ``report_map(check, spread)`` gets the self-ensemble's per-pixel spread, in normalised units, where
-    the config asks for the map."""
+    written; ``report_map(check, spread)`` gets the self-ensemble's per-pixel spread, in physical units (through
+    ``scaling``, the run's normalisation, which the pipeline sets), where the config asks for the map."""
 
     info: ModelInfo
     config: CheckConfig = field(default_factory=CheckConfig)
     report: Callable[[SliceCheck], None] | None = None
     report_map: Callable[[SliceCheck, np.ndarray], None] | None = None
+    scaling: Scaling | None = None
     series_reason: str = ""  # flags every slice: the series is not what the model was made for (input_reason)
     checks: list[SliceCheck] = field(default_factory=list)
 
@@ -351,8 +353,8 @@ class SliceChecker:
         check.enforced = self.config.enforce
         judge(check, self.limits, self.config.tolerance_db if self.config.enforce else None, self.series_reason)
         self.checks.append(check)
-        if self.report_map and spread is not None and self.config.uncertainty_map:
-            self.report_map(check, spread)
+        if self.report_map and self.scaling and spread is not None and self.config.uncertainty_map:
+            self.report_map(check, self.scaling.denormalize_spread(spread[None], index)[0])
         if self.report:
             self.report(check)
         return sr

@@ -107,8 +107,10 @@ def super_resolve_volume(volume: Volume, runner: Runner, tile: int | str | None 
     if tile and overlap >= tile:
         raise InputError(f"--overlap {overlap} must be smaller than --tile {tile}")
     infer = padded_to_profile(runner.infer, limits[0][2:], runner.scale) if limits else runner.infer
-    bounds = (float(volume.data.min()), float(volume.data.max())) if clip == "series" else None
+    bounds = volume.value_range if clip == "series" else None
     scaling = runner.info.normalizer.fit(volume.data)
+    if checker:
+        checker.scaling = scaling
     x = scaling.normalize(volume.data)
     budget = memory_budget or int(0.5 * available_memory())
     per_call = plan_batch(runner, x.shape[-2:], tile, batch, budget)

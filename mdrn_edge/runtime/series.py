@@ -102,10 +102,9 @@ def input_reason(volume) -> str:
     of every file of ../shared/data and pydicom's MR); pydicom's CT slices have 37-80% below -5% of their peak."""
     modality = str(volume.headers[0].get("Modality", "") or "") if volume.kind == "dicom" else ""
     reasons = [f"modality {printable(modality)}: the model was trained on MR images"] if modality and modality != "MR" else []
-    data = volume.data
-    low, high = float(data.min()), float(data.max())
+    low, high = volume.value_range
     limit = -NEGATIVE_DEPTH * max(high, -low)
-    share = sum(np.count_nonzero(s < limit) for s in data) / data.size if low < limit else 0.0
+    share = sum(np.count_nonzero(s < limit) for s in volume.data) / volume.data.size if low < limit else 0.0
     if share > NEGATIVE_SHARE:
         reasons.append(f"{share:.0%} of its values are negative (down to {low:g}): not a magnitude MR image (a CT in "
                        "Hounsfield units, a phase map?)")
@@ -215,7 +214,7 @@ def super_resolve(inputs: Sequence[str | Path], output: str | Path, model: str |
                         if checks.uncertainty_map:
                             maps = UncertaintyMapWriter(volume, runner.scale, folder / UNCERTAINTY_FOLDER,
                                                         runner.info.name, f"{runner.backend} {desc['precision']}",
-                                                        model_sha256, runner.info.normalizer.fit(volume.data))
+                                                        model_sha256)
                             maps.folder.mkdir()
                             checker.report_map = maps.write_map
                         write_behind(super_resolve_volume(volume, runner, tile, overlap, batch, bar.update, clip=clip,
